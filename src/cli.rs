@@ -1,0 +1,161 @@
+//! The command line: argument definitions, logging set-up and exit statuses.
+//!
+//! Every subcommand lives in `cmd/` and returns the exit status it wants;
+//! an error from any of them is a provisioning failure (exit 125) reported as
+//! one line on stderr. Nothing here writes to stdout: it belongs to the
+//! container (only listing commands such as `berth images` print there).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::cmd;
+use crate::exit;
+use crate::paths::Paths;
+
+/// Run a CI build inside a pod of OCI containers: rootless, daemon-less.
+///
+/// berth pulls images from OCI registries into a verified content store,
+/// unpacks them into OCI runtime bundles, and runs a pod of containers that
+/// share a network namespace and a workspace. The main container gets berth's
+/// own stdin and stdout, so Jenkins can launch berth as an agent command.
+///
+/// Exit status: the main container's own status (128+N when killed by signal
+/// N); 125 when berth itself fails (pull, unpack, create, readiness); 126 when
+/// the command cannot be run and 127 when it is not found.
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, propagate_version = true, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand understands.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// Store for images and unpacked layers [default: $XDG_DATA_HOME/berth].
+    #[arg(long, global = true, env = "BERTH_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+    /// State of running pods [default: $XDG_RUNTIME_DIR/berth or /tmp/berth-UID].
+    #[arg(long, global = true, env = "BERTH_RUN_ROOT", value_name = "DIR")]
+    pub run_root: Option<PathBuf>,
+    /// More detail on stderr (-v: info, -vv: debug, -vvv: trace). $BERTH_LOG takes
+    /// a full filter such as `berth=debug,libcontainer=warn`.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Global {
+    pub fn paths(&self) -> Paths {
+        Paths::resolve(self.root.clone(), self.run_root.clone())
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Pull an image into the local store.
+    ///
+    /// REF is `[HOST[:PORT]/]NAME[:TAG][@sha256:DIGEST]` as podman reads it
+    /// (`busybox` is `docker.io/library/busybox:latest`, or a name from
+    /// `unqualified-search-registries`), `oci:DIR[:TAG]` for an OCI image
+    /// layout, or `oci-archive:FILE[:TAG]` for a tar of one.
+    ///
+    /// Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
+    /// ~/.config/containers/auth.json or ~/.docker/config.json (credential helpers
+    /// included); mirrors and insecure registries from registries.conf.
+    Pull(cmd::pull::PullArgs),
+    /// List images in the store: reference, digest, size, age.
+    Images(cmd::images::ImagesArgs),
+    /// Remove images from the store (their blobs go at the next `berth gc`).
+    Rmi(cmd::images::RmiArgs),
+    /// Remove blobs and unpacked layers no image refers to.
+    Gc(cmd::images::GcArgs),
+    /// Write an OCI runtime bundle (rootfs/ and config.json) for an image.
+    Bundle(cmd::bundle::BundleArgs),
+    /// Run a pod: from a Kubernetes Pod file (--pod) or an image and sidecars.
+    Run(cmd::run::RunArgs),
+    /// List running pods.
+    Ps(cmd::pods::PsArgs),
+    /// Run a command in a running container of a pod.
+    Exec(cmd::pods::ExecArgs),
+    /// Show the logs of a pod's sidecars.
+    Logs(cmd::pods::LogsArgs),
+    /// Stop a running pod: SIGTERM to its main process, then the usual teardown.
+    Stop(cmd::pods::StopArgs),
+    /// Remove a stopped pod's leftover state.
+    Rm(cmd::pods::RmArgs),
+    /// Internal: entry points berth re-executes itself into (namespaces need a
+    /// fresh single-threaded process).
+    #[command(name = "__internal", hide = true)]
+    Internal(cmd::internal::InternalArgs),
+}
+
+/// Parses the command line, runs it, and maps the outcome to an exit status.
+pub fn main() -> ExitCode {
+    // Usage errors are berth's own failures too: exit 125 like podman, but
+    // --help and --version still exit 0 on stdout.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(exit::PROVISION);
+        }
+    };
+    init_logging(cli.global.verbose);
+    let code = match dispatch(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            report(&err);
+            exit::PROVISION
+        }
+    };
+    ExitCode::from(code)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<u8> {
+    let g = &cli.global;
+    match cli.command {
+        Command::Pull(a) => cmd::pull::run(g, a),
+        Command::Images(a) => cmd::images::images(g, a),
+        Command::Rmi(a) => cmd::images::rmi(g, a),
+        Command::Gc(a) => cmd::images::gc(g, a),
+        Command::Bundle(a) => cmd::bundle::run(g, a),
+        Command::Run(a) => cmd::run::run(g, a),
+        Command::Ps(a) => cmd::pods::ps(g, a),
+        Command::Exec(a) => cmd::pods::exec(g, a),
+        Command::Logs(a) => cmd::pods::logs(g, a),
+        Command::Stop(a) => cmd::pods::stop(g, a),
+        Command::Rm(a) => cmd::pods::rm(g, a),
+        Command::Internal(a) => cmd::internal::run(g, a),
+    }
+}
+
+/// One line on stderr: `berth: outer context: inner cause`.
+pub fn report(err: &anyhow::Error) {
+    eprintln!("berth: {err:#}");
+}
+
+/// Logs go to stderr, always: stdout belongs to the container.
+fn init_logging(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "berth=warn,libcontainer=error,libcgroups=error",
+        1 => "berth=info,libcontainer=warn,libcgroups=warn",
+        2 => "berth=debug,libcontainer=info,libcgroups=info",
+        _ => "trace",
+    };
+    let filter = std::env::var("BERTH_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .unwrap_or_else(|| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose >= 2)
+        .without_time()
+        .try_init();
+}
