@@ -56,7 +56,6 @@ N=3 gib_berth=$(N=3 median_ms as_user bash -c "head -c 1073741824 /dev/zero | '$
 
 as_user "$B" run "$img" -- sleep 2 & bpid=$!
 sleep 1
-rss_kb=$(ps -o rss= --ppid "$bpid" -C berth 2>/dev/null | sort -n | tail -1 || true)
 rss_kb=$(for p in $(pgrep -u berthtest -x berth); do awk '/VmRSS/ {print $2}' /proc/$p/status; done | sort -n | head -1)
 wait "$bpid" || true
 
