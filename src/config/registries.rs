@@ -413,3 +413,151 @@ fn short_name(r: &RegistryRef) -> &str {
         &r.repository
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> RegistryRef {
+        RegistryRef::parse(s).unwrap()
+    }
+
+    fn conf(text: &str) -> Registries {
+        Registries::parse(text, Path::new("test.conf")).unwrap()
+    }
+
+    fn ep(host: &str, repo: &str, insecure: bool, mirror: bool) -> Endpoint {
+        Endpoint { host: host.into(), repository: repo.into(), insecure, mirror }
+    }
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    #[test]
+    fn short_names_use_search_registries_or_aliases() {
+        let c = conf(
+            r#"
+            unqualified-search-registries = ["quay.io", "docker.io", "localhost:5000"]
+            [aliases]
+            "myalias" = "registry.example.com/team/tool"
+            "#,
+        );
+        let names: Vec<String> = c.candidates(&r("busybox:1.36")).iter().map(|c| c.name()).collect();
+        assert_eq!(names, ["quay.io/busybox:1.36", "docker.io/library/busybox:1.36", "localhost:5000/busybox:1.36"]);
+        assert!(c.candidates(&r("busybox")).iter().all(|c| c.qualified));
+        let with_digest = c.candidates(&r(&format!("org/app@{D}")));
+        assert_eq!(with_digest[0].name(), format!("quay.io/org/app@{D}"));
+        assert_eq!(c.candidates(&r("myalias:2"))[0].name(), "registry.example.com/team/tool:2");
+        // Qualified names are left alone.
+        assert_eq!(c.candidates(&r("docker.io/busybox")), vec![r("docker.io/busybox")]);
+        // Nothing configured: Docker Hub.
+        let none = Registries::default();
+        assert_eq!(none.candidates(&r("busybox"))[0].name(), "docker.io/library/busybox:latest");
+        assert_eq!(conf("unqualified-search-registries = []").search_registries(), ["docker.io"]);
+    }
+
+    #[test]
+    fn mirrors_prefixes_and_flags() {
+        let c = conf(
+            r#"
+            [[registry]]
+            prefix = "docker.io"
+            location = "docker.io"
+            [[registry.mirror]]
+            location = "127.0.0.1:5001/hub"
+            insecure = true
+            [[registry.mirror]]
+            location = "mirror.example.com"
+            pull-from-mirror = "digest-only"
+
+            [[registry]]
+            prefix = "example.com/team"
+            location = "internal.example.com:5000/mirrored/team"
+            insecure = true
+
+            [[registry]]
+            location = "example.com/team/secret"
+            blocked = true
+
+            [[registry]]
+            prefix = "*.corp.example"
+            insecure = true
+            "#,
+        );
+        assert_eq!(
+            c.endpoints(&r("busybox")),
+            vec![ep("127.0.0.1:5001", "hub/library/busybox", true, true), ep("docker.io", "library/busybox", false, false)]
+        );
+        assert_eq!(c.endpoints(&r(&format!("busybox@{D}"))).len(), 3, "digest-only mirror used for digests");
+        // Longest prefix wins; rewrite to the location keeps the rest.
+        assert_eq!(
+            c.endpoints(&r("example.com/team/app:1")),
+            vec![ep("internal.example.com:5000", "mirrored/team/app", true, false)]
+        );
+        assert!(c.is_blocked(&r("example.com/team/secret:1")));
+        assert!(c.is_blocked(&r("example.com/team/secret/sub")));
+        assert!(!c.is_blocked(&r("example.com/team/secretive")), "prefixes end at a component boundary");
+        assert!(!c.is_blocked(&r("example.com/team/app")));
+        // Wildcards: any subdomain, no rewrite.
+        assert_eq!(c.endpoints(&r("a.corp.example:5000/x")), vec![ep("a.corp.example:5000", "x", true, false)]);
+        assert!(c.is_insecure(&r("b.a.corp.example/x")));
+        assert!(!c.is_insecure(&r("corp.example.org/x")));
+        // No entry: the reference itself.
+        assert_eq!(c.endpoints(&r("quay.io/a/b")), vec![ep("quay.io", "a/b", false, false)]);
+    }
+
+    #[test]
+    fn v1_format() {
+        let c = conf(
+            r#"
+            [registries.search]
+            registries = ["registry.example.com"]
+            [registries.insecure]
+            registries = ["localhost:5000"]
+            [registries.block]
+            registries = ["evil.example"]
+            "#,
+        );
+        assert_eq!(c.search_registries(), ["registry.example.com"]);
+        assert!(c.is_insecure(&r("localhost:5000/a")));
+        assert!(c.is_blocked(&r("evil.example/a")));
+    }
+
+    #[test]
+    fn drop_ins_override_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("registries.conf");
+        let d = dir.path().join("registries.conf.d");
+        std::fs::create_dir(&d).unwrap();
+        std::fs::write(
+            &main,
+            "unqualified-search-registries = [\"a.example\"]\n[[registry]]\nlocation = \"a.example\"\ninsecure = true\n",
+        )
+        .unwrap();
+        std::fs::write(d.join("10-b.conf"), "[[registry]]\nlocation = \"a.example\"\nblocked = true\n").unwrap();
+        std::fs::write(d.join("20-c.conf"), "unqualified-search-registries = [\"c.example\"]\n").unwrap();
+        std::fs::write(d.join("ignored.txt"), "not toml [").unwrap();
+        let mut files = vec![main, dir.path().join("absent.conf")];
+        files.extend(drop_ins(&d).unwrap());
+        let c = Registries::from_files(&files).unwrap();
+        assert_eq!(c.search_registries(), ["c.example"]);
+        assert!(c.is_blocked(&r("a.example/x")));
+        assert!(!c.is_insecure(&r("a.example/x")), "a later [[registry]] with the same prefix replaces the earlier");
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_the_reason() {
+        for (text, want) in [
+            ("unqualified-search-registries = \"docker.io\"", "invalid type"),
+            ("[[registry]]\nlocation = \"https://x.example\"", "must not have a scheme"),
+            ("[[registry]]\ninsecure = true", "needs a prefix or a location"),
+            ("[[registry]]\nprefix = \"*.x.example\"\nlocation = \"y.example\"", "wildcard"),
+            ("[[registry]]\nlocation = \"x.example\"\n[[registry.mirror]]\nlocation = \"m\"\npull-from-mirror = \"sometimes\"", "pull-from-mirror"),
+            ("[aliases]\n\"a\" = \"notqualified\"", "not a fully qualified"),
+            ("unqualified-search-registries = []\n[registries.search]\nregistries = []", "mixes"),
+            ("[[registry]", "invalid"),
+        ] {
+            let e = Registries::parse(text, Path::new("/etc/x.conf")).unwrap_err().to_string();
+            assert!(e.contains(want) && e.contains("/etc/x.conf"), "{text:?}: {e}");
+        }
+    }
+}
