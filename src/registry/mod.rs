@@ -613,6 +613,7 @@ impl Client {
                     let resp = self.send(method, url, &HeaderMap::new(), auth, body, insecure, &ep.host).await?;
                     match resp.status() {
                         s if s.is_success() => Ok(resp),
+                        // OAuth2 servers answer a bad refresh token with 400.
                         StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST if credentials_sent => {
                             Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent })
                         }
