@@ -469,3 +469,32 @@ async fn mirrors_first_then_the_registry() {
         .unwrap_err();
     assert!(matches!(e, RegistryError::Blocked { .. }), "{e:?}");
 }
+
+#[tokio::test]
+async fn short_names_search_the_configured_registries() {
+    let reg = Registry::plain();
+    let (_, md) = reg.push_image("team/app", "v1", b"layer").await;
+    let empty = Server::start(|req: &Request, _| if req.path == "/v2/" { Reply::new(200) } else { Reply::new(404) }).await;
+    let dead = free_port();
+    let search = |hosts: &[String]| {
+        let list: Vec<String> = hosts.iter().map(|h| format!("{h:?}")).collect();
+        registries(&format!("unqualified-search-registries = [{}]\n", list.join(", ")))
+    };
+    let c = client(ClientOptions { registries: search(&[empty.host(), reg.host()]), ..insecure() });
+    let (found, m) = c.resolve(&rref("team/app:v1"), media::ALL_MANIFESTS).await.unwrap();
+    assert_eq!(found.name(), format!("{}/team/app:v1", reg.host()));
+    assert_eq!(m.digest, md);
+    assert_eq!(manifest_requests(&empty), 1, "searched in order");
+
+    // Nowhere: the connection problem is reported over the "not found".
+    let c = client(ClientOptions {
+        registries: search(&[empty.host(), format!("127.0.0.1:{dead}")]),
+        retry: RetryPolicy { attempts: 1, ..opts().retry },
+        ..insecure()
+    });
+    let e = c.resolve(&rref("team/other:v1"), media::ALL_MANIFESTS).await.unwrap_err();
+    assert!(matches!(e, RegistryError::ConnectionRefused { .. }), "{e:?}");
+    // A qualified name is not searched.
+    let e = c.resolve(&rref(&format!("{}/team/other:v1", empty.host())), media::ALL_MANIFESTS).await.unwrap_err();
+    assert!(matches!(e, RegistryError::ManifestNotFound { .. }), "{e:?}");
+}
