@@ -483,3 +483,30 @@ mod tests {
         assert!(bad(&long_name).contains("longer than"));
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Arbitrary strings over the characters that matter never panic, and
+    /// whatever parses renders back to a name that parses to the same thing.
+    #[test]
+    fn never_panics_and_names_round_trip() {
+        let alphabet: Vec<char> = "aZ09:/@._-[]sha256:oci-archive\u{e9}\0 ".chars().collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let s: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            if let Ok(ImageRef::Registry(r)) = parse(&s) {
+                let again = RegistryRef::parse(&r.name()).unwrap_or_else(|e| panic!("{s:?} → {}: {e}", r.name()));
+                assert_eq!((again.registry, again.repository, again.tag, again.digest), (r.registry, r.repository, r.tag, r.digest), "{s:?}");
+            }
+        }
+    }
+}

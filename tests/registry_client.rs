@@ -498,3 +498,33 @@ async fn short_names_search_the_configured_registries() {
     let e = c.resolve(&rref(&format!("{}/team/other:v1", empty.host())), media::ALL_MANIFESTS).await.unwrap_err();
     assert!(matches!(e, RegistryError::ManifestNotFound { .. }), "{e:?}");
 }
+
+#[tokio::test]
+async fn a_rejected_token_is_refreshed_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let issued = Arc::new(AtomicUsize::new(0));
+    let n = issued.clone();
+    let server = Server::start(move |req: &Request, _| {
+        let host = req.header("host").unwrap_or("").to_string();
+        let challenge = format!(r#"Bearer realm="http://{host}/token",service="s",error="invalid_token""#);
+        if req.path.starts_with("/token") {
+            let t = n.fetch_add(1, Ordering::SeqCst) + 1;
+            return Reply::new(200).body(format!(r#"{{"access_token":"tok-{t}"}}"#));
+        }
+        match (req.path.as_str(), req.header("authorization")) {
+            ("/v2/", _) => Reply::new(401).header("WWW-Authenticate", &challenge),
+            // Only the second token is good (the first was revoked).
+            (_, Some("Bearer tok-2")) => ok_manifest(),
+            _ => Reply::new(401).header("WWW-Authenticate", &challenge),
+        }
+    })
+    .await;
+    let c = client(insecure());
+    c.manifest(&rref(&format!("{}/app:v1", server.host())), media::ALL_MANIFESTS).await.unwrap();
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // A registry that never accepts: one refresh, then a clear 401.
+    issued.store(10, std::sync::atomic::Ordering::SeqCst);
+    let e = c.manifest(&rref(&format!("{}/always:v1", server.host())), media::ALL_MANIFESTS).await.unwrap_err();
+    assert!(matches!(e, RegistryError::Unauthorized { credentials_sent: false, .. }), "{e:?}");
+    assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 12);
+}

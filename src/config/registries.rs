@@ -561,3 +561,17 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod host_tests {
+    /// The host's own files (Debian's podman ships a large shortnames.conf)
+    /// load without error.
+    #[test]
+    fn system_files_load() {
+        let files = [std::path::PathBuf::from(super::SYSTEM_FILE)]
+            .into_iter()
+            .chain(super::drop_ins(std::path::Path::new(super::SYSTEM_DIR)).unwrap())
+            .collect::<Vec<_>>();
+        super::Registries::from_files(&files).unwrap();
+    }
+}
