@@ -528,3 +528,20 @@ async fn a_rejected_token_is_refreshed_once() {
     assert!(matches!(e, RegistryError::Unauthorized { credentials_sent: false, .. }), "{e:?}");
     assert_eq!(issued.load(std::sync::atomic::Ordering::SeqCst), 12);
 }
+
+#[tokio::test]
+async fn a_challenge_learnt_after_an_open_ping_is_remembered() {
+    let basic = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("u:p"));
+    let server = Server::start(move |req: &Request, _| match (req.path.as_str(), req.header("authorization")) {
+        ("/v2/", _) => Reply::new(200),
+        (_, Some(a)) if a == basic => ok_manifest(),
+        _ => Reply::new(401).header("WWW-Authenticate", r#"Basic realm="r""#),
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let c = client(ClientOptions { auth: auth_file(dir.path(), &server.host(), "u", "p"), ..insecure() });
+    let r = rref(&format!("{}/app:v1", server.host()));
+    c.manifest(&r, media::ALL_MANIFESTS).await.unwrap();
+    c.manifest(&r, media::ALL_MANIFESTS).await.unwrap();
+    assert_eq!(manifest_requests(&server), 3, "one 401, then credentials up front");
+}

@@ -398,6 +398,9 @@ impl Client {
                     refreshed = true;
                     if let Some(c) = challenge_of(resp.headers()) {
                         host.challenge = Some(c);
+                        // Remember it: a registry that let the ping through
+                        // anonymously would otherwise cost a 401 per request.
+                        self.inner.hosts.lock().await.insert((ep.host.clone(), insecure), host.clone());
                     }
                     self.inner.tokens.lock().expect("token cache").remove(&(ep.host.clone(), ep.repository.clone()));
                     if host.challenge.is_none() {
