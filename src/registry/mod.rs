@@ -152,6 +152,12 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("tls_verify", &self.inner.opts.tls_verify).finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     opts: ClientOptions,
     /// One reqwest client per (host, insecure): CAs are per host.
