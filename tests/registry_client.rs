@@ -200,8 +200,7 @@ async fn tls_registry_with_basic_auth() {
     assert_eq!(c.manifest(&r, media::ALL_MANIFESTS).await.unwrap().digest, md);
 }
 
-/// A registry front that serves one OCI manifest at `app:v1` after the
-/// replies `before` (by manifest request index) are used up.
+/// A small OCI image manifest, as the fake servers serve it.
 fn manifest_body() -> Vec<u8> {
     format!(r#"{{"schemaVersion":2,"mediaType":"{}","config":{{}},"layers":[]}}"#, media::OCI_MANIFEST).into_bytes()
 }

@@ -22,7 +22,7 @@ pub enum RegistryError {
     Unauthorized { registry: String, credentials_sent: bool },
     #[error("registry {registry}: 403 Forbidden ({})", sent(*credentials_sent, "not permitted"))]
     Forbidden { registry: String, credentials_sent: bool },
-    /// `reference` is `REGISTRY/REPO:TAG` or `…@sha256:…`.
+    /// `repository` is `HOST/REPO`; `what` is `tag T` or `manifest sha256:…`.
     #[error("{what} not found in {repository}")]
     ManifestNotFound { repository: String, what: String },
     #[error("blob {digest} not found in {repository}")]
