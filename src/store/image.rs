@@ -99,3 +99,51 @@ pub(crate) fn layers_of(store: &Store, manifest: &ImageManifest, config: &ImageC
         })
         .collect()
 }
+
+impl Store {
+    /// Records an image once its config and layers are present: stores the
+    /// manifest (and the index it was chosen from), then points `name` at
+    /// it. Fails, recording nothing, if any blob is missing or wrong.
+    pub fn commit_image(
+        &self,
+        name: &str,
+        manifest: (&Digest, &[u8]),
+        index: Option<(&Digest, &[u8])>,
+    ) -> Result<ImageRecord, StoreError> {
+        let (digest, bytes) = manifest;
+        let parsed = match super::manifest::parse(bytes, None) {
+            Ok(super::Document::Manifest(m)) => m,
+            Ok(super::Document::Index(_)) => {
+                return Err(StoreError::Manifest {
+                    digest: digest.clone(),
+                    source: super::ManifestError::MediaType("an index where an image manifest was expected".into()),
+                })
+            }
+            Err(source) => return Err(StoreError::Manifest { digest: digest.clone(), source }),
+        };
+        let config = self.read_config(&parsed.config.digest)?;
+        let layers = layers_of(self, &parsed, &config)?;
+        self.put_blob_as(digest, bytes)?;
+        if let Some((d, b)) = index {
+            self.put_blob_as(d, b)?;
+        }
+        let mut platform = format!("{}/{}", config.os(), config.architecture());
+        if let Some(v) = config.variant().as_deref().filter(|v| !v.is_empty()) {
+            platform.push('/');
+            platform.push_str(v);
+        }
+        let record = ImageRecord {
+            name: name.to_string(),
+            manifest: digest.clone(),
+            config: parsed.config.digest.clone(),
+            index: index.map(|(d, _)| d.clone()),
+            platform,
+            size: bytes.len() as u64 + parsed.config.size + layers.iter().map(|l| l.size).sum::<u64>(),
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs()),
+        };
+        self.tag(record.clone())?;
+        Ok(record)
+    }
+}
