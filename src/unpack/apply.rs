@@ -144,9 +144,9 @@ impl Applier<'_> {
         count: &mut u64,
     ) -> Result<(), (Option<Vec<u8>>, ErrorKind)> {
         let limits = &self.opts.limits;
-        // Room for a PAX header, a GNU long name and long link, and the
-        // headers and padding around them.
-        let header_budget = limits.max_header_bytes.saturating_mul(3).saturating_add(16 * 512);
+        // The extension headers of one entry, plus the tar headers and
+        // padding around them.
+        let header_budget = limits.max_header_bytes.saturating_add(16 * 512);
         let mut entries = archive.entries().map_err(|e| (None, ErrorKind::Read(e)))?;
         loop {
             budget.start_headers(header_budget);
@@ -291,6 +291,18 @@ impl Applier<'_> {
             cur = OwnedFd::from(self.root.resolve(prefix.as_path()).map_err(resolve_err("resolving the parent directory"))?);
         }
         Ok(cur)
+    }
+
+    /// `dir` resolved in-root if it exists, as a directory.
+    pub fn existing_dir_fd(&self, dir: &Name) -> Result<Option<Rc<OwnedFd>>, ErrorKind> {
+        if dir.is_root() {
+            return Ok(Some(self.root_fd.clone()));
+        }
+        match self.root.resolve(dir.as_path()) {
+            Ok(h) => Ok(Some(Rc::new(OwnedFd::from(h)))),
+            Err(e) if matches!(pathrs_errno(&e), Some(libc::ENOENT | libc::ENOTDIR)) => Ok(None),
+            Err(source) => Err(ErrorKind::Resolve { op: "resolving a directory", source }),
+        }
     }
 
     pub fn forget_parents(&mut self) {
@@ -501,13 +513,8 @@ impl Applier<'_> {
             let fail = |k| (raw.clone(), k);
             let name = Name::clean(&raw, &self.opts.limits).map_err(fail)?;
             let (parent, base) = name.split();
-            let pfd = if parent.is_root() {
-                self.root_fd.clone()
-            } else {
-                match self.root.resolve(parent.as_path()) {
-                    Ok(h) => Rc::new(OwnedFd::from(h)),
-                    Err(_) => continue, // removed by a later entry
-                }
+            let Some(pfd) = self.existing_dir_fd(&parent).map_err(fail)? else {
+                continue; // removed by a later entry
             };
             let base = cstr(base).map_err(fail)?;
             let fd = match sys::open_dir(pfd.as_fd(), &base) {

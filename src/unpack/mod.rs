@@ -52,7 +52,8 @@ pub enum WhiteoutMode {
 /// layer and the entry.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Largest PAX extended header or GNU long name/link, in bytes.
+    /// Most bytes of extension headers (PAX, GNU long name and long link,
+    /// together) before one entry.
     pub max_header_bytes: u64,
     /// Longest entry name (after cleaning), in bytes.
     pub max_path_bytes: usize,
@@ -159,7 +160,7 @@ pub enum ErrorKind {
     BadLinkName(&'static str),
     #[error("symlink without a target")]
     EmptySymlink,
-    #[error("{what} id {id} is outside the mapped range 0-{max}; the image needs at least {need} ids (or squash ids)", need = *id as u64 + 1)]
+    #[error("{what} {id} is outside the mapped range 0-{max}; the image needs at least {need} ids (or squash ids)", need = *id as u64 + 1)]
     IdOutOfRange { what: &'static str, id: u32, max: u32 },
     #[error("invalid device numbers")]
     BadDevice,

@@ -42,11 +42,8 @@ pub(super) fn apply(ap: &mut Applier<'_>, parent: &Name, target: &[u8]) -> Resul
     let base = CString::new(target).map_err(|_| ErrorKind::BadName("contains a NUL byte"))?;
     match ap.opts.whiteouts {
         WhiteoutMode::Flatten => {
-            let dir = match ap.root.resolve(parent.as_path()) {
-                Ok(h) => std::os::fd::OwnedFd::from(h),
-                // Nothing below to delete.
-                Err(e) if matches!(super::apply::pathrs_errno(&e), Some(libc::ENOENT | libc::ENOTDIR)) => return Ok(()),
-                Err(source) => return Err(ErrorKind::Resolve { op: "resolving a whiteout's directory", source }),
+            let Some(dir) = ap.existing_dir_fd(parent)? else {
+                return Ok(()); // nothing below to delete
             };
             ap.forget_parents();
             ap.remove(dir.as_fd(), &base, &name)
