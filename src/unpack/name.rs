@@ -98,7 +98,7 @@ mod tests {
         assert_eq!(clean("./a//b/./c/").unwrap(), "a/b/c");
         assert_eq!(clean("/etc/passwd").unwrap(), "etc/passwd");
         assert_eq!(clean("./").unwrap(), "");
-        assert_eq!(clean("...../x").unwrap(), ".....");
+        assert_eq!(clean("...../x").unwrap(), "...../x");
         assert!(clean("a/../../b").is_err());
         assert!(clean("..").is_err());
         assert!(Name::clean(b"a\0b", &Limits::default()).is_err());
