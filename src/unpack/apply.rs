@@ -37,16 +37,19 @@ struct DirMeta {
     mtime: (i64, u32),
 }
 
-/// What a tar entry carries besides its data.
-struct Meta {
-    mode: u32,
-    owner: Option<(u32, u32)>,
-    mtime: (i64, u32),
-    xattrs: Vec<(String, Vec<u8>)>,
+/// What an entry carries besides its data.
+pub(crate) struct Meta {
+    pub mode: u32,
+    pub owner: Option<(u32, u32)>,
+    pub mtime: (i64, u32),
+    pub xattrs: Vec<(String, Vec<u8>)>,
 }
 
-pub(super) struct Applier<'a> {
-    pub root: &'a Root,
+/// Writes one layer's worth of entries into a destination, in-root. Driven
+/// by a tar stream here, and by a walk of a cached layer directory when
+/// flattening (`crate::layers`).
+pub(crate) struct Applier<'a> {
+    pub root: Root,
     root_fd: Rc<OwnedFd>,
     pub opts: &'a UnpackOptions,
     /// Names this layer wrote, and whether each is a directory. Whiteouts
@@ -90,27 +93,9 @@ pub(super) fn apply_layer(reader: impl Read, dest: &Path, opts: &UnpackOptions) 
         entry: entry.map(|e| String::from_utf8_lossy(e).into_owned()),
         kind,
     };
-    let root = Root::open(dest)
-        .map_err(|source| fail(None, ErrorKind::Destination { path: dest.display().to_string(), source }))?;
-    let root_fd = root
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|e| fail(None, ErrorKind::Io { op: "duplicating the root fd", source: e }))?;
+    let mut ap = Applier::new(dest, opts).map_err(|k| fail(None, k))?;
     let budget = Rc::new(Budget::default());
     let mut reader = HashingReader::new(reader, opts.limits.max_bytes, budget.clone());
-    let mut ap = Applier {
-        root: &root,
-        root_fd: Rc::new(root_fd),
-        opts,
-        written: HashMap::new(),
-        ancestors: HashSet::new(),
-        whited: HashSet::new(),
-        dirs: HashMap::new(),
-        parent_cache: None,
-        xattr_warned: false,
-        buf: vec![0; COPY_BUF],
-        data_bytes: 0,
-    };
 
     let mut entries = 0u64;
     let result = {
@@ -136,7 +121,25 @@ pub(super) fn apply_layer(reader: impl Read, dest: &Path, opts: &UnpackOptions) 
     Ok(LayerStats { diff_id, entries, bytes })
 }
 
-impl Applier<'_> {
+impl<'a> Applier<'a> {
+    pub fn new(dest: &Path, opts: &'a UnpackOptions) -> Result<Self, ErrorKind> {
+        let root = Root::open(dest).map_err(|source| ErrorKind::Destination { path: dest.display().to_string(), source })?;
+        let root_fd = root.as_fd().try_clone_to_owned().map_err(io("duplicating the root fd"))?;
+        Ok(Applier {
+            root,
+            root_fd: Rc::new(root_fd),
+            opts,
+            written: HashMap::new(),
+            ancestors: HashSet::new(),
+            whited: HashSet::new(),
+            dirs: HashMap::new(),
+            parent_cache: None,
+            xattr_warned: false,
+            buf: vec![0; COPY_BUF],
+            data_bytes: 0,
+        })
+    }
+
     fn run<R: Read>(
         &mut self,
         archive: &mut tar::Archive<R>,
@@ -192,25 +195,42 @@ impl Applier<'_> {
         }
         let meta = self.meta(entry)?;
         match kind {
-            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => self.file(&name, entry, &meta)?,
-            EntryType::Directory => self.dir(&name, &meta)?,
-            EntryType::Symlink => self.symlink(&name, entry, &meta)?,
-            EntryType::Link => return self.hardlink(&name, entry),
+            EntryType::Regular | EntryType::Continuous | EntryType::GNUSparse => self.file(&name, entry, &meta),
+            EntryType::Directory => self.dir(&name, &meta),
+            EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or(ErrorKind::EmptySymlink)?;
+                self.symlink(&name, &target, &meta)
+            }
+            EntryType::Link => {
+                let target = entry.link_name_bytes().ok_or(ErrorKind::BadLinkName("is missing"))?;
+                self.hardlink(&name, &target)
+            }
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
-                if !self.node(&name, entry, kind, &meta)? {
-                    return Ok(());
-                }
+                let header = entry.header();
+                let (fmt, dev) = match kind {
+                    EntryType::Fifo => (libc::S_IFIFO, 0),
+                    _ => {
+                        let major = header.device_major().ok().flatten().ok_or(ErrorKind::BadDevice)?;
+                        let minor = header.device_minor().ok().flatten().ok_or(ErrorKind::BadDevice)?;
+                        let fmt = if kind == EntryType::Char { libc::S_IFCHR } else { libc::S_IFBLK };
+                        (fmt, libc::makedev(major, minor))
+                    }
+                };
+                self.node(&name, fmt, dev, &meta)
             }
             other => {
                 tracing::warn!(layer = %self.opts.layer, entry = %name.display(), "skipping tar entry of unsupported type {other:?}");
-                return Ok(());
+                Ok(())
             }
         }
-        self.mark_written(&name, kind == EntryType::Directory);
-        Ok(())
     }
 
-    fn mark_written(&mut self, name: &Name, is_dir: bool) {
+    /// Applies the whiteout `PARENT/.wh.TARGET`.
+    pub fn whiteout(&mut self, parent: &Name, target: &[u8]) -> Result<(), ErrorKind> {
+        whiteout::apply(self, parent, target)
+    }
+
+    pub fn mark_written(&mut self, name: &Name, is_dir: bool) {
         for a in name.ancestors() {
             if !self.ancestors.insert(a.to_vec()) {
                 break;
@@ -341,7 +361,8 @@ impl Applier<'_> {
         }
     }
 
-    fn file<R: Read>(&mut self, name: &Name, entry: &mut tar::Entry<'_, R>, meta: &Meta) -> Result<(), ErrorKind> {
+    /// A regular file with the contents of `data`.
+    pub fn file(&mut self, name: &Name, data: &mut impl Read, meta: &Meta) -> Result<(), ErrorKind> {
         let dir = self.parent_fd(name)?;
         let base = cstr(name.split().1)?;
         let flags = libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL;
@@ -349,7 +370,7 @@ impl Applier<'_> {
         let mut file = std::fs::File::from(fd);
         let max = self.opts.limits.max_bytes;
         loop {
-            let n = match entry.read(&mut self.buf) {
+            let n = match data.read(&mut self.buf) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -366,10 +387,12 @@ impl Applier<'_> {
         self.own(fd, meta)?;
         sys::fchmod(fd, meta.mode).map_err(io("setting a file mode"))?;
         self.xattrs(fd, name, meta, true);
-        sys::futimens(fd, meta.mtime).map_err(io("setting a file mtime"))
+        sys::futimens(fd, meta.mtime).map_err(io("setting a file mtime"))?;
+        self.mark_written(name, false);
+        Ok(())
     }
 
-    fn dir(&mut self, name: &Name, meta: &Meta) -> Result<(), ErrorKind> {
+    pub fn dir(&mut self, name: &Name, meta: &Meta) -> Result<(), ErrorKind> {
         let dir = self.parent_fd(name)?;
         let base = cstr(name.split().1)?;
         let mut replaced_whiteout = false;
@@ -394,29 +417,31 @@ impl Applier<'_> {
             whiteout::mark_opaque(fd.as_fd())?;
         }
         self.dirs.insert(name.as_bytes().to_vec(), DirMeta { mode: meta.mode, mtime: meta.mtime });
+        self.mark_written(name, true);
         Ok(())
     }
 
-    fn symlink<R: Read>(&mut self, name: &Name, entry: &tar::Entry<'_, R>, meta: &Meta) -> Result<(), ErrorKind> {
-        let target = entry.link_name_bytes().ok_or(ErrorKind::EmptySymlink)?;
+    pub fn symlink(&mut self, name: &Name, target: &[u8], meta: &Meta) -> Result<(), ErrorKind> {
         if target.is_empty() {
             return Err(ErrorKind::EmptySymlink);
         }
         // The target is data, stored verbatim; it is resolved in-root (or
         // by the container) only when used.
-        let target = CString::new(target.into_owned()).map_err(|_| ErrorKind::BadLinkName("contains a NUL byte"))?;
+        let target = CString::new(target).map_err(|_| ErrorKind::BadLinkName("contains a NUL byte"))?;
         let dir = self.parent_fd(name)?;
         let base = cstr(name.split().1)?;
         self.replace(dir.as_fd(), &base, name, "creating a symlink", || sys::symlinkat(&target, dir.as_fd(), &base))?;
         if let Some((uid, gid)) = meta.owner {
             sys::lchownat(dir.as_fd(), &base, uid, gid).map_err(io("setting a symlink owner"))?;
         }
-        sys::lutimesat(dir.as_fd(), &base, meta.mtime).map_err(io("setting a symlink mtime"))
+        sys::lutimesat(dir.as_fd(), &base, meta.mtime).map_err(io("setting a symlink mtime"))?;
+        self.mark_written(name, false);
+        Ok(())
     }
 
-    fn hardlink<R: Read>(&mut self, name: &Name, entry: &tar::Entry<'_, R>) -> Result<(), ErrorKind> {
-        let raw = entry.link_name_bytes().ok_or(ErrorKind::BadLinkName("is missing"))?;
-        let target = Name::clean(&raw, &self.opts.limits).map_err(|k| match k {
+    /// A hard link to `raw_target`, a file this layer wrote.
+    pub fn hardlink(&mut self, name: &Name, raw_target: &[u8]) -> Result<(), ErrorKind> {
+        let target = Name::clean(raw_target, &self.opts.limits).map_err(|k| match k {
             ErrorKind::BadName(why) => ErrorKind::BadLinkName(why),
             other => other,
         })?;
@@ -440,19 +465,10 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// Device nodes and fifos. Returns false when the node was skipped
-    /// because creating it is not permitted here (rootless).
-    fn node<R: Read>(&mut self, name: &Name, entry: &tar::Entry<'_, R>, kind: EntryType, meta: &Meta) -> Result<bool, ErrorKind> {
-        let header = entry.header();
-        let (fmt, dev) = match kind {
-            EntryType::Fifo => (libc::S_IFIFO, 0),
-            _ => {
-                let major = header.device_major().ok().flatten().ok_or(ErrorKind::BadDevice)?;
-                let minor = header.device_minor().ok().flatten().ok_or(ErrorKind::BadDevice)?;
-                let fmt = if kind == EntryType::Char { libc::S_IFCHR } else { libc::S_IFBLK };
-                (fmt, libc::makedev(major, minor))
-            }
-        };
+    /// A device node or fifo (`fmt` is `S_IFCHR`, `S_IFBLK` or `S_IFIFO`).
+    /// Skipped, with a debug line, where creating it is not permitted
+    /// (rootless).
+    pub fn node(&mut self, name: &Name, fmt: libc::mode_t, dev: libc::dev_t, meta: &Meta) -> Result<(), ErrorKind> {
         let dir = self.parent_fd(name)?;
         let base = cstr(name.split().1)?;
         let made = self.replace(dir.as_fd(), &base, name, "creating a device node or fifo", || {
@@ -463,14 +479,15 @@ impl Applier<'_> {
         })?;
         if !made {
             tracing::debug!(layer = %self.opts.layer, entry = %name.display(), "skipping device node: not permitted here");
-            return Ok(false);
+            return Ok(());
         }
         if let Some((uid, gid)) = meta.owner {
             sys::lchownat(dir.as_fd(), &base, uid, gid).map_err(io("setting a node owner"))?;
         }
         sys::chmodat(dir.as_fd(), &base, meta.mode).map_err(io("setting a node mode"))?;
         sys::lutimesat(dir.as_fd(), &base, meta.mtime).map_err(io("setting a node mtime"))?;
-        Ok(true)
+        self.mark_written(name, false);
+        Ok(())
     }
 
     fn own(&self, fd: BorrowedFd<'_>, meta: &Meta) -> Result<(), ErrorKind> {
@@ -506,7 +523,7 @@ impl Applier<'_> {
     }
 
     /// Directory modes and mtimes, deepest first.
-    fn finish_dirs(&mut self) -> Result<(), (Vec<u8>, ErrorKind)> {
+    pub fn finish_dirs(&mut self) -> Result<(), (Vec<u8>, ErrorKind)> {
         let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();
         dirs.sort_by(|a, b| b.0.cmp(&a.0));
         for (raw, meta) in dirs {

@@ -17,10 +17,10 @@
 //! - `xattr`: which extended attributes are written, and how;
 //! - `ids`: the ownership policy.
 
-mod apply;
+pub(crate) mod apply;
 pub mod decompress;
 mod ids;
-mod name;
+pub(crate) mod name;
 mod stream;
 pub(crate) mod sys;
 pub(crate) mod whiteout;

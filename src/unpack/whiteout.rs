@@ -22,7 +22,7 @@ const OPAQUE: &[u8] = b".wh..opq";
 pub const OPAQUE_XATTR: &str = "user.overlay.opaque";
 
 /// Applies the whiteout entry `PARENT/.wh.TARGET`.
-pub(super) fn apply(ap: &mut Applier<'_>, parent: &Name, target: &[u8]) -> Result<(), ErrorKind> {
+pub(crate) fn apply(ap: &mut Applier<'_>, parent: &Name, target: &[u8]) -> Result<(), ErrorKind> {
     if target == OPAQUE {
         return opaque(ap, parent);
     }
