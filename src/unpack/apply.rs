@@ -522,6 +522,15 @@ impl<'a> Applier<'a> {
         }
     }
 
+    /// Takes over the directories whose mode and mtime `lower` has not
+    /// applied yet, so a stack of layers sets them once, at the very end (a
+    /// lower layer's read-only directory must not stop an upper layer).
+    pub fn inherit_dirs(&mut self, lower: &mut Applier<'_>) {
+        let mut dirs = std::mem::take(&mut lower.dirs);
+        dirs.extend(self.dirs.drain());
+        self.dirs = dirs;
+    }
+
     /// Directory modes and mtimes, deepest first.
     pub fn finish_dirs(&mut self) -> Result<(), (Vec<u8>, ErrorKind)> {
         let mut dirs: Vec<_> = std::mem::take(&mut self.dirs).into_iter().collect();

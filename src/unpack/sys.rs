@@ -66,14 +66,6 @@ pub fn lstatat(dir: BorrowedFd<'_>, name: &CStr) -> Result<libc::stat> {
     Ok(unsafe { st.assume_init() })
 }
 
-pub fn fstat(fd: BorrowedFd<'_>) -> Result<libc::stat> {
-    let mut st = std::mem::MaybeUninit::<libc::stat>::zeroed();
-    // SAFETY: valid fd and a stat buffer.
-    check(unsafe { libc::fstat(fd.as_raw_fd(), st.as_mut_ptr()) })?;
-    // SAFETY: fstat filled it.
-    Ok(unsafe { st.assume_init() })
-}
-
 pub fn lchownat(dir: BorrowedFd<'_>, name: &CStr, uid: u32, gid: u32) -> Result<()> {
     // SAFETY: valid fd and C string.
     check(unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) }).map(drop)
@@ -125,4 +117,33 @@ pub fn read_dir_names(fd: OwnedFd) -> Result<Vec<std::ffi::CString>> {
         }
     }
     Ok(out)
+}
+
+pub fn readlinkat(dir: BorrowedFd<'_>, name: &CStr) -> Result<Vec<u8>> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize + 1];
+    // SAFETY: valid fd, C string and buffer.
+    let n = unsafe { libc::readlinkat(dir.as_raw_fd(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        return Err(Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(buf)
+}
+
+/// `flock(LOCK_EX)` (blocking) or `LOCK_EX|LOCK_NB`; returns false when a
+/// non-blocking attempt finds the lock taken.
+pub fn flock_exclusive(fd: BorrowedFd<'_>, wait: bool) -> Result<bool> {
+    let op = if wait { libc::LOCK_EX } else { libc::LOCK_EX | libc::LOCK_NB };
+    loop {
+        // SAFETY: valid fd.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(true);
+        }
+        let e = Error::last_os_error();
+        match errno(&e) {
+            libc::EINTR => continue,
+            libc::EWOULDBLOCK if !wait => return Ok(false),
+            _ => return Err(e),
+        }
+    }
 }
