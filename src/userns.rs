@@ -1,1 +1,454 @@
-//! (to be written)
+//! User namespaces: the invoking user's subordinate id ranges, and spawning a
+//! child in a fresh user namespace that is mapped before it runs a program.
+//!
+//! Mapping: container id 0 is the invoking user, ids `1..=N` are its
+//! subordinate range from `/etc/subuid` / `/etc/subgid` (rootless podman's
+//! layout). Without a range only id 0 is mapped (one warning). Real root
+//! follows the same rule with root's own ranges, so a pod run by root is still
+//! isolated in a user namespace.
+
+use std::ffi::{CString, OsString};
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::{Gid, Pid, Uid};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UsernsError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot resolve user {0}")]
+    UnknownUser(u32),
+    #[error("{what} contains a NUL byte")]
+    Nul { what: &'static str },
+    #[error("clone(2) of a new user namespace failed: {0}")]
+    Clone(nix::Error),
+    #[error("{tool} {pid} failed: {detail}")]
+    Map { tool: &'static str, pid: i32, detail: String },
+    #[error("executing {program} in the new namespace failed: {source}")]
+    Exec { program: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// One contiguous range: `count` ids from `host` on the host appear from
+/// `container` in the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdRange {
+    pub container: u32,
+    pub host: u32,
+    pub count: u32,
+}
+
+/// The uid and gid maps of a user namespace.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct IdMapping {
+    pub uids: Vec<IdRange>,
+    pub gids: Vec<IdRange>,
+}
+
+impl IdMapping {
+    /// The mapping for the invoking (real) user: 0 → the user, 1..=N → the
+    /// first subordinate range. Warns once when no range is configured.
+    pub fn for_current_user() -> Result<IdMapping, UsernsError> {
+        let uid = Uid::current().as_raw();
+        let gid = Gid::current().as_raw();
+        let user = nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten();
+        let name = user.as_ref().map(|u| u.name.clone());
+        let subuid = read_subid(Path::new("/etc/subuid"), name.as_deref(), uid)?;
+        let subgid = read_subid(Path::new("/etc/subgid"), name.as_deref(), uid)?;
+        let mapping = IdMapping::from_ranges(uid, gid, subuid, subgid);
+        if !mapping.is_full() {
+            tracing::warn!(
+                "no subordinate id range for uid {uid} in /etc/subuid and /etc/subgid: \
+                 mapping only uid/gid 0; images with other owners may fail"
+            );
+        }
+        Ok(mapping)
+    }
+
+    /// Builds the mapping from the user's own ids and optional subordinate
+    /// ranges `(start, count)`. Both ranges are needed for a full mapping.
+    pub fn from_ranges(
+        uid: u32,
+        gid: u32,
+        subuid: Option<(u32, u32)>,
+        subgid: Option<(u32, u32)>,
+    ) -> IdMapping {
+        let own = |id| IdRange { container: 0, host: id, count: 1 };
+        match (subuid, subgid) {
+            (Some((us, uc)), Some((gs, gc))) if uc > 0 && gc > 0 => IdMapping {
+                uids: vec![own(uid), IdRange { container: 1, host: us, count: uc }],
+                gids: vec![own(gid), IdRange { container: 1, host: gs, count: gc }],
+            },
+            _ => IdMapping { uids: vec![own(uid)], gids: vec![own(gid)] },
+        }
+    }
+
+    /// True when more than id 0 is mapped.
+    pub fn is_full(&self) -> bool {
+        self.uids.len() > 1 && self.gids.len() > 1
+    }
+
+    /// A stable, file-name-safe key for caches that depend on the mapping
+    /// (unpacked layers hold files owned by mapped ids), e.g.
+    /// `u1000-100000x65536_g1000-100000x65536`.
+    pub fn key(&self) -> String {
+        let part = |rs: &[IdRange]| {
+            rs.iter()
+                .map(|r| {
+                    if r.count == 1 && r.container == 0 {
+                        r.host.to_string()
+                    } else {
+                        format!("{}x{}", r.host, r.count)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("-")
+        };
+        format!("u{}_g{}", part(&self.uids), part(&self.gids))
+    }
+
+    /// The host uid that container uid `id` is, if mapped.
+    pub fn host_uid(&self, id: u32) -> Option<u32> {
+        to_host(&self.uids, id)
+    }
+
+    /// The host gid that container gid `id` is, if mapped.
+    pub fn host_gid(&self, id: u32) -> Option<u32> {
+        to_host(&self.gids, id)
+    }
+
+    /// The highest container uid that is mapped.
+    pub fn max_uid(&self) -> u32 {
+        self.uids.iter().map(|r| r.container + (r.count - 1)).max().unwrap_or(0)
+    }
+
+    fn map_text(ranges: &[IdRange]) -> String {
+        ranges.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.count)).collect()
+    }
+
+    /// Writes the maps of process `pid` (a child in a new, unmapped user
+    /// namespace). Root and single-id mappings write `/proc/PID/*_map`
+    /// directly; an unprivileged user with ranges needs the setuid helpers.
+    pub fn apply(&self, pid: Pid) -> Result<(), UsernsError> {
+        let direct = Uid::effective().is_root() || !self.is_full();
+        if direct {
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            if !Uid::effective().is_root() {
+                // An unprivileged writer may map its own gid only after
+                // giving up setgroups(2) in the namespace.
+                write_proc(&proc.join("setgroups"), "deny")?;
+            }
+            write_proc(&proc.join("uid_map"), &IdMapping::map_text(&self.uids))?;
+            write_proc(&proc.join("gid_map"), &IdMapping::map_text(&self.gids))?;
+            return Ok(());
+        }
+        run_map_tool("newuidmap", pid, &self.uids)?;
+        run_map_tool("newgidmap", pid, &self.gids)?;
+        Ok(())
+    }
+}
+
+fn to_host(ranges: &[IdRange], id: u32) -> Option<u32> {
+    ranges
+        .iter()
+        .find(|r| id >= r.container && id - r.container < r.count)
+        .map(|r| r.host + (id - r.container))
+}
+
+fn write_proc(path: &Path, text: &str) -> Result<(), UsernsError> {
+    fs::write(path, text).map_err(|source| UsernsError::Read { path: path.to_path_buf(), source })
+}
+
+fn run_map_tool(tool: &'static str, pid: Pid, ranges: &[IdRange]) -> Result<(), UsernsError> {
+    let mut cmd = Command::new(tool);
+    cmd.arg(pid.to_string());
+    for r in ranges {
+        cmd.args([r.container.to_string(), r.host.to_string(), r.count.to_string()]);
+    }
+    let out = cmd.output().map_err(|e| UsernsError::Map {
+        tool,
+        pid: pid.as_raw(),
+        detail: format!("cannot run it ({e}); install the uidmap package"),
+    })?;
+    if !out.status.success() {
+        let msg = String::from_utf8_lossy(&out.stderr);
+        return Err(UsernsError::Map {
+            tool,
+            pid: pid.as_raw(),
+            detail: msg.trim().lines().last().unwrap_or("no output").to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// The first range of `user` (name or numeric uid) in a subuid/subgid file.
+/// A missing file means no range.
+fn read_subid(path: &Path, name: Option<&str>, uid: u32) -> Result<Option<(u32, u32)>, UsernsError> {
+    let text = match fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => return Err(UsernsError::Read { path: path.to_path_buf(), source }),
+    };
+    Ok(parse_subid(&text, name, uid))
+}
+
+fn parse_subid(text: &str, name: Option<&str>, uid: u32) -> Option<(u32, u32)> {
+    let uid_s = uid.to_string();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut it = l.split(':');
+            let (who, start, count) = (it.next()?, it.next()?, it.next()?);
+            let matches = Some(who) == name || who == uid_s;
+            let start: u32 = start.trim().parse().ok()?;
+            let count: u32 = count.trim().parse().ok()?;
+            // Ranges that would wrap around u32 are malformed.
+            (matches && count > 0 && start.checked_add(count).is_some()).then_some((start, count))
+        })
+        .next()
+}
+
+/// How to start the child.
+#[derive(Debug, Clone)]
+pub struct SpawnOptions {
+    /// Namespaces to create besides the user namespace (e.g. `CLONE_NEWPID`).
+    pub extra_namespaces: CloneFlags,
+    /// `PR_SET_PDEATHSIG` for the child. The kernel ties it to the *thread*
+    /// that cloned the child: call [`spawn`] from the main thread (or a thread
+    /// that lives as long as the child should), never from a pool thread.
+    pub parent_death_signal: Option<Signal>,
+    /// File descriptors the child keeps across exec (their `FD_CLOEXEC` is
+    /// cleared in the child only). fds 0, 1 and 2 are always inherited.
+    pub keep_fds: Vec<RawFd>,
+}
+
+impl Default for SpawnOptions {
+    fn default() -> Self {
+        SpawnOptions { extra_namespaces: CloneFlags::empty(), parent_death_signal: None, keep_fds: Vec::new() }
+    }
+}
+
+/// Starts `program` with `args` (argv[1..]) in a new user namespace (plus
+/// `opts.extra_namespaces`), mapped with `mapping` before `program` runs: it
+/// starts as uid/gid 0 of the namespace with full capabilities there.
+///
+/// The caller may be multi-threaded: between `clone(2)` and `execve(2)` the
+/// child does only async-signal-safe system calls on memory prepared before
+/// the clone. The child inherits the caller's environment, signal mask and
+/// file descriptors without `FD_CLOEXEC`; `SIGPIPE` is reset to its default.
+/// Block the signals you want delivered to the child's event loop before
+/// calling, so none is lost before the child sets up its own handling.
+/// Returns the child's pid (in the caller's PID namespace); reap it with
+/// `waitpid`.
+pub fn spawn(
+    mapping: &IdMapping,
+    program: &Path,
+    args: &[OsString],
+    opts: &SpawnOptions,
+) -> Result<Pid, UsernsError> {
+    // Everything the child touches is allocated here, before the clone.
+    let prog = CString::new(program.as_os_str().as_bytes()).map_err(|_| UsernsError::Nul { what: "program path" })?;
+    let mut argv_c = vec![prog.clone()];
+    for a in args {
+        argv_c.push(CString::new(a.as_bytes()).map_err(|_| UsernsError::Nul { what: "argument" })?);
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_c.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp_c: Vec<CString> = std::env::vars_os()
+        .filter_map(|(k, v)| {
+            let mut kv = k.as_bytes().to_vec();
+            kv.push(b'=');
+            kv.extend_from_slice(v.as_bytes());
+            CString::new(kv).ok()
+        })
+        .collect();
+    let mut envp: Vec<*const libc::c_char> = envp_c.iter().map(|c| c.as_ptr()).collect();
+    envp.push(std::ptr::null());
+
+    // go: parent → child "maps are written" (EOF without a byte: give up).
+    // err: child → parent errno of a failed step (EOF: exec succeeded).
+    let (go_r, go_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_err)?;
+    let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io_err)?;
+    let pdeath = opts.parent_death_signal.map(|s| s as libc::c_int).unwrap_or(0);
+    let full_groups = mapping.is_full() || Uid::effective().is_root();
+    let flags = (CloneFlags::CLONE_NEWUSER | opts.extra_namespaces).bits() as libc::c_ulong
+        | libc::SIGCHLD as libc::c_ulong;
+
+    let child = ChildCtx {
+        go_r: go_r.as_raw_fd(),
+        go_w: go_w.as_raw_fd(),
+        err_r: err_r.as_raw_fd(),
+        err_w: err_w.as_raw_fd(),
+        pdeath,
+        full_groups,
+        keep_fds: &opts.keep_fds,
+        prog: prog.as_ptr(),
+        argv: argv.as_ptr(),
+        envp: envp.as_ptr(),
+    };
+
+    // SAFETY: a fork-like clone (no new stack, no CLONE_VM): the child gets a
+    // copy of this address space and runs only `child_after_clone`, which
+    // uses async-signal-safe calls and never returns.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize)
+    };
+    if ret < 0 {
+        return Err(UsernsError::Clone(nix::Error::last()));
+    }
+    if ret == 0 {
+        // SAFETY: see above; this is the child.
+        unsafe { child_after_clone(&child) }
+    }
+    let pid = Pid::from_raw(ret as i32);
+    drop(go_r);
+    drop(err_w);
+
+    let mut go_w = fs::File::from(go_w);
+    let mapped = mapping.apply(pid);
+    if let Err(e) = mapped {
+        drop(go_w); // the child sees EOF and exits
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(e);
+    }
+    go_w.write_all(&[1])?;
+    drop(go_w);
+
+    let mut errno = [0u8; 4];
+    let mut err_r = fs::File::from(err_r);
+    let n = read_full(&mut err_r, &mut errno)?;
+    if n == 4 {
+        let _ = nix::sys::wait::waitpid(pid, None);
+        return Err(UsernsError::Exec {
+            program: program.to_path_buf(),
+            source: io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
+        });
+    }
+    Ok(pid)
+}
+
+struct ChildCtx<'a> {
+    go_r: RawFd,
+    go_w: RawFd,
+    err_r: RawFd,
+    err_w: RawFd,
+    pdeath: libc::c_int,
+    full_groups: bool,
+    keep_fds: &'a [RawFd],
+    prog: *const libc::c_char,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+}
+
+/// The child between clone and exec: only raw, async-signal-safe syscalls.
+unsafe fn child_after_clone(c: &ChildCtx<'_>) -> ! {
+    let fail = |err_w: RawFd| -> ! {
+        let e = *libc::__errno_location();
+        let b = e.to_ne_bytes();
+        libc::write(err_w, b.as_ptr().cast(), 4);
+        libc::_exit(127);
+    };
+    libc::close(c.go_w);
+    libc::close(c.err_r);
+    if c.pdeath != 0 && libc::prctl(libc::PR_SET_PDEATHSIG, c.pdeath as libc::c_ulong, 0, 0, 0) != 0 {
+        fail(c.err_w);
+    }
+    // Wait for the parent to write our maps. EOF without a byte means the
+    // parent failed or died (possibly before PR_SET_PDEATHSIG took effect).
+    let mut b = 0u8;
+    loop {
+        let n = libc::read(c.go_r, (&mut b as *mut u8).cast(), 1);
+        if n == 1 {
+            break;
+        }
+        if n < 0 && *libc::__errno_location() == libc::EINTR {
+            continue;
+        }
+        libc::_exit(1);
+    }
+    libc::close(c.go_r);
+    // Become root of the namespace explicitly and drop the host's
+    // supplementary groups where setgroups(2) is allowed.
+    if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+        fail(c.err_w);
+    }
+    if c.full_groups {
+        libc::setgroups(0, std::ptr::null());
+    }
+    for &fd in c.keep_fds {
+        let fl = libc::fcntl(fd, libc::F_GETFD);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+        }
+    }
+    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    libc::execve(c.prog, c.argv, c.envp);
+    fail(c.err_w)
+}
+
+fn read_full(f: &mut fs::File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match f.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+fn io_err(e: nix::Error) -> UsernsError {
+    UsernsError::Io(io::Error::from(e))
+}
+
+/// Joins the user namespace `ns` (an open `/proc/PID/ns/user`), then
+/// becomes root there. The caller must be single-threaded.
+pub fn join_fd(ns: fs::File) -> Result<(), UsernsError> {
+    nix::sched::setns(ns, CloneFlags::CLONE_NEWUSER).map_err(io_err)?;
+    nix::unistd::setresgid(Gid::from_raw(0), Gid::from_raw(0), Gid::from_raw(0)).map_err(io_err)?;
+    nix::unistd::setresuid(Uid::from_raw(0), Uid::from_raw(0), Uid::from_raw(0)).map_err(io_err)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_first_matching_range_by_name_or_uid() {
+        let t = "# c\nalice:100000:65536\nbob:165536:65536\n1002:300000:10\nbad:x:1\nwrap:4294967295:2\n";
+        assert_eq!(parse_subid(t, Some("bob"), 1001), Some((165536, 65536)));
+        assert_eq!(parse_subid(t, None, 1002), Some((300000, 10)));
+        assert_eq!(parse_subid(t, Some("carol"), 1003), None);
+        assert_eq!(parse_subid(t, Some("bad"), 7), None);
+        assert_eq!(parse_subid(t, Some("wrap"), 8), None);
+    }
+
+    #[test]
+    fn mapping_layout_and_key() {
+        let m = IdMapping::from_ranges(1000, 1001, Some((100000, 65536)), Some((200000, 65536)));
+        assert!(m.is_full());
+        assert_eq!(m.host_uid(0), Some(1000));
+        assert_eq!(m.host_uid(1), Some(100000));
+        assert_eq!(m.host_uid(65536), Some(165535));
+        assert_eq!(m.host_uid(65537), None);
+        assert_eq!(m.host_gid(0), Some(1001));
+        assert_eq!(m.max_uid(), 65536);
+        assert_eq!(m.key(), "u1000-100000x65536_g1001-200000x65536");
+        let single = IdMapping::from_ranges(1000, 1000, Some((1, 5)), None);
+        assert!(!single.is_full());
+        assert_eq!(single.key(), "u1000_g1000");
+        assert_eq!(single.host_uid(1), None);
+    }
+}

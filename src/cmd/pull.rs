@@ -1,8 +1,13 @@
 //! `berth pull`.
 
+use anyhow::Context as _;
 use clap::Args;
 
 use crate::cli::Global;
+use crate::progress::{Mode, Progress};
+use crate::pull::{self, PullOptions};
+use crate::reference;
+use crate::store::{Platform, Store};
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -20,6 +25,29 @@ pub struct PullArgs {
     pub reference: String,
 }
 
-pub fn run(_g: &Global, _a: PullArgs) -> anyhow::Result<u8> {
-    anyhow::bail!("pull is not written yet")
+pub fn run(g: &Global, a: PullArgs) -> anyhow::Result<u8> {
+    let image = reference::parse(&a.reference)?;
+    let platform = a.platform.as_deref().map(Platform::parse).transpose()?;
+    let store = open_store(g)?;
+    let opts = PullOptions { platform, tls_verify: a.tls_verify, ..PullOptions::default() };
+    let progress = Progress::new(Mode::detect(a.quiet));
+    runtime()?
+        .block_on(pull::pull(&store, &image, &opts, &progress))
+        .with_context(|| format!("pull {}", a.reference))?;
+    Ok(0)
+}
+
+/// Opens the store named by `--root` / `$BERTH_ROOT` / the XDG default.
+pub fn open_store(g: &Global) -> anyhow::Result<Store> {
+    let root = g.paths().root;
+    Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
+}
+
+/// The runtime a pull runs on: downloads and hashing use both cores.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }

@@ -56,6 +56,13 @@ pub struct RunArgs {
     /// Verify registry TLS certificates.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub tls_verify: bool,
+    /// Run a ready OCI bundle (config.json + rootfs) as the main container
+    /// instead of an image (tests and benchmarks).
+    #[arg(long, hide = true, value_name = "DIR", conflicts_with_all = ["pod", "image"])]
+    pub bundle: Option<PathBuf>,
+    /// Add a sidecar from a ready bundle, NAME=DIR (with --bundle; repeatable).
+    #[arg(long, hide = true, value_name = "NAME=DIR", requires = "bundle")]
+    pub sidecar_bundle: Vec<String>,
     /// Image of the main container.
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
@@ -64,6 +71,103 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-pub fn run(_g: &Global, _a: RunArgs) -> anyhow::Result<u8> {
+pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
+    if let Some(bundle) = a.bundle.clone() {
+        return run_bundles(g, &a, bundle);
+    }
     anyhow::bail!("run is not written yet")
+}
+
+/// `--bundle`: a pod of ready bundles, no image store involved.
+fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    use crate::runtime::{self, state, PlannedContainer, PodPlan, Role, RootfsSource};
+
+    let paths = g.paths();
+    crate::paths::Paths::ensure_private_dir(&paths.run_root)
+        .with_context(|| format!("creating {}", paths.run_root.display()))?;
+    state::clean_dead(&paths.run_root);
+
+    let mut sidecar_cmds = std::collections::HashMap::new();
+    for s in &a.sidecar_cmd {
+        let (name, cmd) = s.split_once('=').with_context(|| format!("--sidecar-cmd {s:?}: expected NAME=CMD"))?;
+        sidecar_cmds.insert(name.to_string(), cmd.split_whitespace().map(String::from).collect::<Vec<_>>());
+    }
+    let container = |name: &str, role, bundle: PathBuf, command: Option<Vec<String>>| PlannedContainer {
+        name: name.to_string(),
+        role,
+        bundle: std::path::absolute(&bundle).unwrap_or(bundle),
+        rootfs: RootfsSource::Bundle,
+        command,
+        readiness: None,
+        limits: Default::default(),
+        mounts: Vec::new(),
+    };
+    let mut containers = Vec::new();
+    for s in &a.sidecar_bundle {
+        let (name, dir) = s.split_once('=').with_context(|| format!("--sidecar-bundle {s:?}: expected NAME=DIR"))?;
+        containers.push(container(name, Role::Sidecar, dir.into(), sidecar_cmds.remove(name)));
+    }
+    if let Some(name) = sidecar_cmds.keys().next() {
+        anyhow::bail!("--sidecar-cmd names {name:?}, which is no sidecar");
+    }
+    let command = (!a.command.is_empty()).then(|| a.command.clone());
+    containers.push(container("main", Role::Main, main_bundle, command));
+
+    let network = match a.network.as_str() {
+        "private" => runtime::Network::Private,
+        "host" => runtime::Network::Host,
+        other => anyhow::bail!("--network {other:?}: expected private or host"),
+    };
+    let mapping = crate::userns::IdMapping::for_current_user()?;
+    let (name, dir) = create_pod_dir(&paths.run_root, a.name.as_deref())?;
+    let (workspace, own_workspace) = match &a.workspace {
+        Some(w) => (std::path::absolute(w).unwrap_or(w.clone()), false),
+        None => {
+            let w = paths.run_root.join("workspaces").join(&name);
+            std::fs::create_dir_all(&w).with_context(|| format!("creating workspace {}", w.display()))?;
+            (w, true)
+        }
+    };
+    let plan = PodPlan {
+        name,
+        containers,
+        workspace: workspace.clone(),
+        workspace_path: a.workspace_path.clone(),
+        network,
+        share_pid: false,
+        extra_hosts: Vec::new(),
+        grace: std::time::Duration::from_secs(a.grace),
+        quiet_sidecars: a.quiet_sidecars,
+    };
+    let opts = runtime::LaunchOptions { mapping: &mapping, verbose: g.verbose, keep_state: a.keep };
+    let result = runtime::launch(&plan, &dir, &opts);
+    if result.is_err() && !a.keep {
+        let _ = dir.remove();
+    }
+    if own_workspace && !a.keep {
+        if let Err(e) = runtime::cleanup::remove_tree(&workspace) {
+            tracing::warn!("removing workspace {}: {e}", workspace.display());
+        }
+    }
+    Ok(result?)
+}
+
+/// The pod's state directory: `--name`, or a generated name.
+fn create_pod_dir(run_root: &std::path::Path, name: Option<&str>) -> anyhow::Result<(String, crate::runtime::PodDir)> {
+    use crate::runtime::{plan::check_label, PodDir};
+    if let Some(n) = name {
+        check_label(n)?;
+        return Ok((n.to_string(), PodDir::create(run_root, n)?));
+    }
+    let mut last = None;
+    for i in 0..16u64 {
+        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+        let n = format!("berth-{:06x}", (u64::from(std::process::id()) * 7919 + t + i * 104729) & 0xff_ffff);
+        match PodDir::create(run_root, &n) {
+            Ok(d) => return Ok((n, d)),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("cannot name the pod")))
 }

@@ -1,0 +1,53 @@
+//! Removing trees that hold files owned by subordinate ids.
+//!
+//! Containers write files as their own uids (e.g. an overlay upper directory
+//! with files of uid 1 = the first subordinate uid). The invoking user cannot
+//! remove those on the host, but uid 0 of a user namespace with the same
+//! mapping can: removal falls back to `berth __internal rmtree` run there.
+
+use std::ffi::OsString;
+use std::io;
+use std::path::Path;
+
+use crate::userns::{self, IdMapping, SpawnOptions};
+
+/// Removes `path` recursively; a missing path is not an error.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
+        Err(_) => {}
+    }
+    // Already uid 0 of a user namespace (e.g. inside the pod process): no
+    // other mapping would do better.
+    if nix::unistd::Uid::effective().is_root() && in_user_namespace() {
+        return std::fs::remove_dir_all(path);
+    }
+    let mapping = IdMapping::for_current_user().map_err(io::Error::other)?;
+    let exe = Path::new("/proc/self/exe");
+    let args: Vec<OsString> = vec!["__internal".into(), "rmtree".into(), path.as_os_str().to_owned()];
+    let pid = userns::spawn(&mapping, exe, &args, &SpawnOptions::default()).map_err(io::Error::other)?;
+    let status = nix::sys::wait::waitpid(pid, None).map_err(io::Error::from)?;
+    match status {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        other => Err(io::Error::other(format!("removing {} in a user namespace: {other:?}", path.display()))),
+    }
+}
+
+/// The body of `berth __internal rmtree PATH`: runs as uid 0 of a mapped
+/// user namespace.
+pub fn rmtree_in_namespace(path: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        r => r,
+    }
+}
+
+/// True when this process is not in the initial user namespace.
+pub fn in_user_namespace() -> bool {
+    // The initial namespace maps the whole 32-bit range.
+    std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| !m.split_whitespace().collect::<Vec<_>>().starts_with(&["0", "0", "4294967295"]))
+        .unwrap_or(false)
+}

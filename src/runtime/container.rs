@@ -1,0 +1,291 @@
+//! One container of the pod: its bundle adjusted for the pod, its rootfs,
+//! and libcontainer driven from the (single-threaded) pod process.
+
+use std::collections::HashMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, RootBuilder, Spec};
+
+use super::plan::{BindMount, Network, PlannedContainer, RootfsSource};
+use super::stdio::ContainerStdio;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    #[error("container {name}: reading bundle {path}: {source}")]
+    Spec { name: String, path: PathBuf, source: oci_spec::OciSpecError },
+    #[error("container {name}: {what}")]
+    Invalid { name: String, what: String },
+    #[error("container {name}: mounting its root filesystem: {source}")]
+    Rootfs { name: String, source: std::io::Error },
+    #[error("container {name}: {source}")]
+    Io { name: String, source: std::io::Error },
+    #[error("container {name}: {source}")]
+    Libcontainer { name: String, source: libcontainer::error::LibcontainerError },
+    #[error("container {name}: {path}: {why}")]
+    Command { name: String, path: String, why: CommandProblem },
+}
+
+/// Why the main command cannot run (exit 127 vs 126, like podman).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CommandProblem {
+    #[error("executable file not found in $PATH or the image")]
+    NotFound,
+    #[error("permission denied: not an executable file")]
+    NotExecutable,
+}
+
+/// Pod-wide facts every container's spec is adjusted to.
+pub struct PodContext<'a> {
+    pub network: Network,
+    pub share_pid: bool,
+    /// Only one gid is mapped: devpts cannot use `gid=5`.
+    pub single_id: bool,
+    /// Apply `linux.resources` (the cgroup tree is writable with the needed
+    /// controllers); otherwise they are removed.
+    pub cgroups: bool,
+    pub hosts: &'a Path,
+    pub hostname: &'a Path,
+    pub resolv_conf: Option<&'a Path>,
+    pub workspace: &'a Path,
+    pub workspace_path: &'a str,
+}
+
+/// Reads the bundle's spec and adjusts it for a container of this pod:
+/// the pod owns the user, network, IPC and UTS namespaces, so the container
+/// keeps only its own mount (and PID, cgroup) namespace.
+pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Result<Spec, ContainerError> {
+    let path = c.bundle.join("config.json");
+    let mut spec = Spec::load(&path).map_err(|source| ContainerError::Spec { name: c.name.clone(), path, source })?;
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(rootfs)
+            .readonly(spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false))
+            .build()
+            .map_err(|e| invalid(c, e))?,
+    ));
+    spec.set_hostname(None);
+    spec.set_domainname(None);
+    if let Some(cmd) = &c.command {
+        if cmd.is_empty() {
+            return Err(invalid(c, "empty command"));
+        }
+        let process = spec.process_mut().as_mut().ok_or_else(|| invalid(c, "config.json has no process"))?;
+        process.set_args(Some(cmd.clone()));
+    }
+
+    let linux = spec.linux_mut().get_or_insert_with(Default::default);
+    let keep = |t: LinuxNamespaceType| match t {
+        LinuxNamespaceType::Mount | LinuxNamespaceType::Cgroup => true,
+        LinuxNamespaceType::Pid => !ctx.share_pid,
+        _ => false,
+    };
+    let mut namespaces: Vec<_> = linux
+        .namespaces()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| keep(n.typ()))
+        .map(|mut n| {
+            n.set_path(None);
+            n
+        })
+        .collect();
+    for t in [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid] {
+        if keep(t) && !namespaces.iter().any(|n| n.typ() == t) {
+            namespaces.push(oci_spec::runtime::LinuxNamespaceBuilder::default().typ(t).build().map_err(|e| invalid(c, e))?);
+        }
+    }
+    linux.set_namespaces(Some(namespaces));
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+    if !ctx.cgroups {
+        linux.set_resources(None);
+    } else if !c.limits.is_empty() {
+        linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
+    }
+
+    let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
+    for m in mounts.iter_mut() {
+        let typ = m.typ().clone().unwrap_or_default();
+        if typ == "devpts" && ctx.single_id {
+            if let Some(opts) = m.options_mut() {
+                opts.retain(|o| !o.starts_with("gid="));
+            }
+        }
+        // sysfs can only be mounted by the owner of the network namespace.
+        if typ == "sysfs" && ctx.network == Network::Host {
+            m.set_typ(Some("bind".into()));
+            m.set_source(Some("/sys".into()));
+            m.set_options(Some(vec!["rbind".into(), "nosuid".into(), "noexec".into(), "nodev".into(), "ro".into()]));
+        }
+    }
+    // Mounts the pod provides replace the bundle's at the same place.
+    let mut extra = vec![
+        bind(ctx.hosts, "/etc/hosts", false),
+        bind(ctx.hostname, "/etc/hostname", false),
+        bind(ctx.workspace, ctx.workspace_path, false),
+    ];
+    if let Some(r) = ctx.resolv_conf {
+        extra.push(bind(r, "/etc/resolv.conf", false));
+    }
+    for BindMount { source, destination, read_only } in &c.mounts {
+        extra.push(bind(source, destination, *read_only));
+    }
+    let extra: Vec<Mount> = extra.into_iter().collect::<Result<_, _>>().map_err(|e| invalid(c, e))?;
+    mounts.retain(|m| !extra.iter().any(|e| e.destination() == m.destination()));
+    mounts.extend(extra);
+    spec.set_mounts(Some(mounts));
+    Ok(spec)
+}
+
+fn invalid(c: &PlannedContainer, e: impl std::fmt::Display) -> ContainerError {
+    ContainerError::Invalid { name: c.name.clone(), what: e.to_string() }
+}
+
+fn bind(source: &Path, dest: &str, ro: bool) -> Result<Mount, oci_spec::OciSpecError> {
+    let mut options = vec!["rbind".to_string(), "rprivate".to_string()];
+    if ro {
+        options.push("ro".into());
+    }
+    MountBuilder::default()
+        .destination(dest)
+        .typ("bind")
+        .source(source)
+        .options(options)
+        .build()
+}
+
+fn resources(c: &PlannedContainer) -> Result<oci_spec::runtime::LinuxResources, oci_spec::OciSpecError> {
+    use oci_spec::runtime::*;
+    let mut r = LinuxResourcesBuilder::default();
+    if let Some(m) = c.limits.memory_bytes {
+        r = r.memory(LinuxMemoryBuilder::default().limit(m as i64).build()?);
+    }
+    if let Some(mc) = c.limits.cpu_millis {
+        let period = 100_000u64;
+        r = r.cpu(LinuxCpuBuilder::default().quota((mc * period / 1000) as i64).period(period).build()?);
+    }
+    if let Some(p) = c.limits.pids {
+        r = r.pids(LinuxPidsBuilder::default().limit(p as i64).build()?);
+    }
+    r.build()
+}
+
+/// Mounts (or picks) the container's root filesystem and returns its path.
+pub fn prepare_rootfs(c: &PlannedContainer, mountpoint: &Path) -> Result<PathBuf, ContainerError> {
+    match &c.rootfs {
+        RootfsSource::Bundle => {
+            let spec_path = c.bundle.join("config.json");
+            let spec = Spec::load(&spec_path).map_err(|source| ContainerError::Spec { name: c.name.clone(), path: spec_path, source })?;
+            let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
+            Ok(if root.is_absolute() { root } else { c.bundle.join(root) })
+        }
+        RootfsSource::Dir(d) => Ok(d.clone()),
+        RootfsSource::Overlay { lowers, upper, work } => {
+            let rootfs_err = |source| ContainerError::Rootfs { name: c.name.clone(), source };
+            fs::create_dir_all(mountpoint).map_err(rootfs_err)?;
+            let mut opts = String::from("lowerdir=");
+            for (i, l) in lowers.iter().enumerate() {
+                let s = l.to_str().filter(|s| !s.contains([',', ':'])).ok_or_else(|| {
+                    invalid(c, format!("layer path {} cannot be passed to overlayfs", l.display()))
+                })?;
+                if i > 0 {
+                    opts.push(':');
+                }
+                opts.push_str(s);
+            }
+            let (u, w) = (upper.to_string_lossy(), work.to_string_lossy());
+            opts.push_str(&format!(",upperdir={u},workdir={w},userxattr"));
+            nix::mount::mount(Some("overlay"), mountpoint, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
+                .map_err(|e| rootfs_err(e.into()))?;
+            Ok(mountpoint.to_path_buf())
+        }
+    }
+}
+
+/// Resolves the process's `args[0]` inside `rootfs` against its `PATH`, as
+/// the kernel would see it after pivot_root, so a missing or
+/// non-executable command is reported as 127/126 before anything starts.
+pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandProblem)> {
+    let Some(process) = spec.process() else { return Ok(()) };
+    let Some(cmd) = process.args().as_ref().and_then(|a| a.first()) else { return Ok(()) };
+    let root = match pathrs::Root::open(rootfs) {
+        Ok(r) => r,
+        Err(_) => return Ok(()), // libcontainer reports it
+    };
+    let candidates: Vec<PathBuf> = if cmd.contains('/') {
+        let cwd = PathBuf::from(process.cwd());
+        vec![cwd.join(cmd)]
+    } else {
+        let path = process
+            .env()
+            .as_ref()
+            .and_then(|e| e.iter().find_map(|v| v.strip_prefix("PATH=")))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+        path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(cmd)).collect()
+    };
+    let mut found_any = false;
+    for cand in &candidates {
+        let Ok(handle) = root.resolve(cand) else { continue };
+        found_any = true;
+        if let Ok(st) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&handle))) {
+            let mode = fs::Permissions::from_mode(st.st_mode).mode();
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG && mode & 0o111 != 0 {
+                return Ok(());
+            }
+        }
+    }
+    let why = if found_any { CommandProblem::NotExecutable } else { CommandProblem::NotFound };
+    Err((cmd.clone(), why))
+}
+
+/// Writes the adjusted spec as the pod's bundle for this container.
+pub fn write_bundle(dir: &Path, spec: &Spec) -> std::io::Result<()> {
+    fs::create_dir_all(dir)?;
+    spec.save(dir.join("config.json")).map_err(std::io::Error::other)
+}
+
+/// Creates the container (libcontainer `build()`): its init is our child,
+/// waiting for `start`. `stdio` None inherits our fds 0/1/2.
+pub fn create(
+    name: &str,
+    state_root: &Path,
+    bundle: &Path,
+    stdio: Option<ContainerStdio>,
+) -> Result<Container, ContainerError> {
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source };
+    let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
+    if let Some(s) = stdio {
+        b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
+    }
+    b.validate_id().map_err(lc)?.as_init(bundle).with_systemd(false).with_detach(true).build().map_err(lc)
+}
+
+/// Starts a process in a running container (tenant exec); returns its pid,
+/// our child. The caller must be in the pod's user and mount namespaces.
+pub fn exec(
+    name: &str,
+    state_root: &Path,
+    args: Vec<String>,
+    env: HashMap<String, String>,
+    stdio: Option<ContainerStdio>,
+) -> Result<Pid, ContainerError> {
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source };
+    let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
+    if let Some(s) = stdio {
+        b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
+    }
+    b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build().map_err(lc)
+}
+
+/// Looks a created container up again (for `delete`).
+pub fn load(state_root: &Path, name: &str) -> Result<Container, ContainerError> {
+    Container::load(state_root.join(name)).map_err(|source| ContainerError::Libcontainer { name: name.to_string(), source })
+}
+

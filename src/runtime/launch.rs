@@ -1,0 +1,128 @@
+//! berth's side of a running pod: start the pod process, relay signals,
+//! wait, clean up.
+//!
+//! Call [`launch`] from the process's main thread once no other thread
+//! (tokio's) runs: the pod process gets `PR_SET_PDEATHSIG=SIGKILL`, which the
+//! kernel ties to the thread that created it, so if berth is SIGKILLed the
+//! pod process dies, and with it (PID 1 of the pod's PID namespace) every
+//! container.
+
+use std::ffi::OsString;
+use std::path::Path;
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::{kill, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::signals;
+use super::state::{self, Owner, PodDir, StateError};
+use super::PodPlan;
+use crate::userns::{self, IdMapping, SpawnOptions, UsernsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("invalid pod plan: {0}")]
+    Plan(#[from] super::plan::PlanError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("starting the pod process: {0}")]
+    Spawn(#[from] UsernsError),
+    #[error("waiting for the pod process: {0}")]
+    Wait(nix::Error),
+}
+
+/// What [`launch`] needs besides the plan.
+pub struct LaunchOptions<'a> {
+    pub mapping: &'a IdMapping,
+    /// berth's `-v` count, passed on to the pod process.
+    pub verbose: u8,
+    /// Keep the state directory after the pod ends.
+    pub keep_state: bool,
+}
+
+/// Runs `plan` in the new pod directory `dir` and returns the exit status:
+/// the main container's (128+N for signal N), or 125/126/127 when the pod
+/// could not start (the pod process has then printed why on stderr).
+///
+/// While it waits, SIGINT, SIGTERM and SIGHUP are forwarded to the pod
+/// process (which forwards them to the main container), and berth's own
+/// stdin/stdout are released so their EOF follows the main container.
+pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<u8, LaunchError> {
+    plan.validate()?;
+    dir.write_plan(plan)?;
+    // Blocked before the clone: the pod process inherits the mask and reads
+    // these from its signalfd, so none is lost while it starts.
+    let set = signals::handled_set();
+    let mut old = nix::sys::signal::SigSet::empty();
+    nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).map_err(LaunchError::Wait)?;
+    let result = run_pod_process(dir, opts, &set);
+    let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    if !opts.keep_state {
+        if let Err(e) = dir.remove() {
+            tracing::warn!("removing pod state {}: {e}", dir.dir.display());
+        }
+    }
+    result
+}
+
+fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signal::SigSet) -> Result<u8, LaunchError> {
+    let mut args: Vec<OsString> = Vec::new();
+    if opts.verbose > 0 {
+        args.push(format!("-{}", "v".repeat(opts.verbose.min(3) as usize)).into());
+    }
+    args.extend(["__internal".into(), "pod".into(), dir.dir.as_os_str().to_owned()]);
+    let spawn_opts = SpawnOptions {
+        extra_namespaces: CloneFlags::CLONE_NEWPID,
+        parent_death_signal: Some(Signal::SIGKILL),
+        keep_fds: Vec::new(),
+    };
+    let pid = userns::spawn(opts.mapping, Path::new("/proc/self/exe"), &args, &spawn_opts)?;
+    let me = Pid::this();
+    dir.write_owner(&Owner {
+        pid: me.as_raw(),
+        start_time: state::process_start_time(me).unwrap_or(0),
+        pod_pid: pid.as_raw(),
+        created: state::now_unix(),
+    })?;
+    release_stdio();
+    wait_forwarding(pid, set)
+}
+
+/// Waits for `pid`, forwarding SIGINT/SIGTERM/SIGHUP to it. The signals in
+/// `set` must be blocked in the calling thread.
+pub fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<u8, LaunchError> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(status) => {
+                if let Some(code) = crate::exit::from_wait(status) {
+                    return Ok(code);
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(LaunchError::Wait(e)),
+        }
+        match set.wait() {
+            Ok(Signal::SIGCHLD) => {}
+            Ok(sig) => {
+                tracing::debug!("forwarding {sig} to the pod");
+                let _ = kill(pid, sig);
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(LaunchError::Wait(e)),
+        }
+    }
+}
+
+/// Points berth's stdin and stdout at /dev/null: the pod process and the
+/// main container hold the real ones.
+fn release_stdio() {
+    use std::os::fd::AsRawFd;
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in [0, 1] {
+            // SAFETY: dup2 onto our own standard fds.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}

@@ -1,0 +1,31 @@
+//! Runs a pod of prepared OCI bundles with libcontainer inside one user
+//! namespace.
+//!
+//! ```text
+//! berth (main thread, no tokio left)          launch::launch
+//!  └─ berth __internal pod STATE_DIR           podinit::run — PID 1 of a new user+PID
+//!     │                                        namespace; own mount, cgroup, net, IPC, UTS
+//!     ├─ init containers, in order            stdio: /dev/null + log pipe
+//!     ├─ sidecars                             stdio: /dev/null + log pipe
+//!     └─ main container                       berth's own fds 0/1/2
+//! ```
+//!
+//! Modules: [`plan`] (the input), [`state`] (the state directory),
+//! [`launch`] (berth's side), [`podinit`] (the pod process), [`container`]
+//! (one container's spec and libcontainer calls), [`stdio`] (sidecar logs),
+//! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`).
+
+pub mod cleanup;
+pub mod container;
+pub mod exec;
+pub mod launch;
+pub mod net;
+pub mod plan;
+pub mod podinit;
+pub mod signals;
+pub mod state;
+pub mod stdio;
+
+pub use launch::{launch, LaunchError, LaunchOptions};
+pub use plan::{BindMount, Limits, Network, PlannedContainer, PodPlan, Probe, ProbeAction, Role, RootfsSource};
+pub use state::PodDir;

@@ -1,0 +1,279 @@
+//! What the pod process runs: a [`PodPlan`] of prepared bundles.
+//!
+//! berth's tokio process builds the plan (from a [`crate::pod::Pod`] and the
+//! bundles it unpacked), writes it as JSON into the pod's state directory and
+//! re-executes itself as the pod process, which reads it back. The plan is the
+//! whole contract between the two: plain data, no handles.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pod;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PodPlan {
+    /// Pod name: the hostname, a name in every container's /etc/hosts, and
+    /// the state directory's name. A DNS label.
+    pub name: String,
+    /// Init containers first (run in order), then sidecars, then exactly one
+    /// main container; [`PodPlan::validate`] checks this.
+    pub containers: Vec<PlannedContainer>,
+    /// Host directory bind-mounted read-write into every container.
+    pub workspace: PathBuf,
+    /// Where the workspace appears in the containers (absolute).
+    pub workspace_path: String,
+    pub network: Network,
+    /// All containers share the pod's PID namespace.
+    pub share_pid: bool,
+    /// Extra `/etc/hosts` entries: (address, names).
+    #[serde(default)]
+    pub extra_hosts: Vec<(String, Vec<String>)>,
+    /// SIGTERM to SIGKILL delay for sidecars at teardown.
+    pub grace: Duration,
+    /// Do not echo sidecar output to berth's stderr.
+    #[serde(default)]
+    pub quiet_sidecars: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlannedContainer {
+    /// DNS label, unique in the pod.
+    pub name: String,
+    pub role: Role,
+    /// Bundle directory holding `config.json`. Its `root.path` is used when
+    /// `rootfs` is [`RootfsSource::Bundle`].
+    pub bundle: PathBuf,
+    pub rootfs: RootfsSource,
+    /// Replaces the bundle's `process.args` when set.
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub readiness: Option<Probe>,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Extra bind mounts (volumes), added to the bundle's own mounts.
+    #[serde(default)]
+    pub mounts: Vec<BindMount>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs to completion before sidecars and main start; non-zero fails the pod.
+    Init,
+    /// Runs alongside main; stdin /dev/null, output to its log.
+    Sidecar,
+    /// Gets berth's stdin/stdout/stderr; its exit ends the pod.
+    Main,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RootfsSource {
+    /// The bundle's own `root.path` (a ready directory).
+    Bundle,
+    /// A ready directory elsewhere.
+    Dir(PathBuf),
+    /// An overlay the pod process mounts (`lowers[0]` is the top layer, as
+    /// in `lowerdir=`); falls back to nothing: overlay failure is an error.
+    Overlay { lowers: Vec<PathBuf>, upper: PathBuf, work: PathBuf },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Network {
+    #[default]
+    Private,
+    Host,
+}
+
+impl From<pod::Network> for Network {
+    fn from(n: pod::Network) -> Network {
+        match n {
+            pod::Network::Private => Network::Private,
+            pod::Network::Host => Network::Host,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub cpu_millis: Option<u64>,
+    pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_millis.is_none() && self.pids.is_none()
+    }
+}
+
+impl From<&pod::Limits> for Limits {
+    fn from(l: &pod::Limits) -> Limits {
+        Limits { memory_bytes: l.memory_bytes, cpu_millis: l.cpu_millis, pids: l.pids }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probe {
+    pub action: ProbeAction,
+    pub initial_delay: Duration,
+    pub period: Duration,
+    pub timeout: Duration,
+    pub failure_threshold: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeAction {
+    /// Run in the container (tenant exec); exit 0 is ready.
+    Exec(Vec<String>),
+    /// Connect to 127.0.0.1:PORT in the pod's network namespace.
+    Tcp(u16),
+}
+
+impl From<&pod::Probe> for Probe {
+    fn from(p: &pod::Probe) -> Probe {
+        Probe {
+            action: match &p.action {
+                pod::ProbeAction::Exec(cmd) => ProbeAction::Exec(cmd.clone()),
+                pod::ProbeAction::TcpSocket(port) => ProbeAction::Tcp(*port),
+            },
+            initial_delay: Duration::from_millis(p.initial_delay_ms),
+            period: Duration::from_millis(p.period_ms.max(1)),
+            timeout: Duration::from_millis(p.timeout_ms.max(1)),
+            failure_threshold: p.failure_threshold.max(1),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PlanError {
+    #[error("invalid name {0:?}: a pod or container name is a DNS label (a-z, 0-9, '-', at most 63)")]
+    BadName(String),
+    #[error("container name {0:?} is used twice")]
+    Duplicate(String),
+    #[error("a pod needs exactly one main container, found {0}")]
+    Main(usize),
+    #[error("init containers must come before the others ({0:?} does not)")]
+    Order(String),
+    #[error("workspace path {0:?} must be absolute")]
+    WorkspacePath(String),
+}
+
+impl PodPlan {
+    /// Checks what the pod process relies on: DNS-label names, unique
+    /// container names, init containers first, exactly one main container.
+    pub fn validate(&self) -> Result<(), PlanError> {
+        check_label(&self.name)?;
+        if !self.workspace_path.starts_with('/') {
+            return Err(PlanError::WorkspacePath(self.workspace_path.clone()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut past_init = false;
+        for c in &self.containers {
+            check_label(&c.name)?;
+            if !seen.insert(c.name.as_str()) {
+                return Err(PlanError::Duplicate(c.name.clone()));
+            }
+            match c.role {
+                Role::Init if past_init => return Err(PlanError::Order(c.name.clone())),
+                Role::Init => {}
+                _ => past_init = true,
+            }
+        }
+        let mains = self.containers.iter().filter(|c| c.role == Role::Main).count();
+        if mains != 1 {
+            return Err(PlanError::Main(mains));
+        }
+        Ok(())
+    }
+
+    pub fn main(&self) -> &PlannedContainer {
+        // validate() guarantees one; fall back to the last container.
+        self.containers
+            .iter()
+            .find(|c| c.role == Role::Main)
+            .or(self.containers.last())
+            .expect("a validated plan has a main container")
+    }
+}
+
+/// A DNS label (RFC 1123), as Kubernetes requires for names.
+pub fn check_label(s: &str) -> Result<(), PlanError> {
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if ok { Ok(()) } else { Err(PlanError::BadName(s.to_string())) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn c(name: &str, role: Role) -> PlannedContainer {
+        PlannedContainer {
+            name: name.into(),
+            role,
+            bundle: "/b".into(),
+            rootfs: RootfsSource::Bundle,
+            command: None,
+            readiness: None,
+            limits: Limits::default(),
+            mounts: vec![],
+        }
+    }
+
+    fn plan(cs: Vec<PlannedContainer>) -> PodPlan {
+        PodPlan {
+            name: "p".into(),
+            containers: cs,
+            workspace: "/w".into(),
+            workspace_path: "/workspace".into(),
+            network: Network::Private,
+            share_pid: false,
+            extra_hosts: vec![],
+            grace: Duration::from_secs(5),
+            quiet_sidecars: false,
+        }
+    }
+
+    #[test]
+    fn validates_roles_names_and_order() {
+        assert_eq!(plan(vec![c("a", Role::Init), c("web", Role::Sidecar), c("m", Role::Main)]).validate(), Ok(()));
+        assert_eq!(plan(vec![c("a", Role::Sidecar)]).validate(), Err(PlanError::Main(0)));
+        assert_eq!(plan(vec![c("a", Role::Main), c("b", Role::Main)]).validate(), Err(PlanError::Main(2)));
+        assert_eq!(plan(vec![c("m", Role::Main), c("i", Role::Init)]).validate(), Err(PlanError::Order("i".into())));
+        assert_eq!(plan(vec![c("m", Role::Main), c("m", Role::Sidecar)]).validate(), Err(PlanError::Duplicate("m".into())));
+        for bad in ["", "A", "-a", "a-", "a_b", "../x", &"a".repeat(64)] {
+            assert_eq!(plan(vec![c(bad, Role::Main)]).validate(), Err(PlanError::BadName(bad.into())));
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let mut p = plan(vec![c("m", Role::Main)]);
+        p.containers[0].readiness = Some(Probe {
+            action: ProbeAction::Tcp(80),
+            initial_delay: Duration::ZERO,
+            period: Duration::from_millis(100),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+        });
+        let j = serde_json::to_string(&p).unwrap();
+        assert_eq!(serde_json::from_str::<PodPlan>(&j).unwrap(), p);
+    }
+}

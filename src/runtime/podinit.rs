@@ -1,0 +1,530 @@
+//! The pod process: `berth __internal pod STATE_DIR`.
+//!
+//! It starts as PID 1 of a fresh user + PID namespace (made by
+//! [`super::launch`]), makes the namespaces every container shares (mount,
+//! cgroup, network, IPC, UTS), and drives libcontainer as uid 0 of the user
+//! namespace: init containers in order, then sidecars, readiness probes and
+//! the main container with berth's own stdio. A single-threaded loop over a
+//! signalfd and the sidecar pipes waits for the main container to end, then
+//! tears the pod down and exits with the main container's status. If it dies
+//! (berth was SIGKILLed: parent-death signal), the kernel kills every process
+//! of its PID namespace, and its mounts vanish with its mount namespace.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use libcontainer::container::Container;
+use nix::mount::{mount, MsFlags};
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use super::container::{self, CommandProblem, ContainerError, PodContext};
+use super::plan::{Network, PodPlan, ProbeAction, Role};
+use super::signals::{self, Signals};
+use super::state::{Phase, PodDir, StateError, Status};
+use super::stdio::LogPump;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("invalid pod plan: {0}")]
+    Plan(#[from] super::plan::PlanError),
+    #[error("setting up the pod's namespaces: {what}: {source}")]
+    Setup { what: &'static str, source: io::Error },
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error("init container {name} exited with status {code}")]
+    InitFailed { name: String, code: u8 },
+    #[error("sidecar {name} exited with status {code} before the main container started")]
+    SidecarExited { name: String, code: u8 },
+    #[error("sidecar {name} did not become ready: {why}")]
+    NotReady { name: String, why: String },
+    #[error("interrupted by {0} while the pod was starting")]
+    Interrupted(Signal),
+}
+
+impl PodError {
+    /// The exit status berth reports for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            PodError::Container(ContainerError::Command { why: CommandProblem::NotFound, .. }) => crate::exit::NOT_FOUND,
+            PodError::Container(ContainerError::Command { why: CommandProblem::NotExecutable, .. }) => crate::exit::CANNOT_EXEC,
+            PodError::Interrupted(sig) => 128u8.wrapping_add(*sig as i32 as u8),
+            _ => crate::exit::PROVISION,
+        }
+    }
+}
+
+fn setup_err(what: &'static str) -> impl FnOnce(nix::Error) -> PodError {
+    move |e| PodError::Setup { what, source: e.into() }
+}
+
+/// One container's life in the pod process.
+struct Member {
+    name: String,
+    role: Role,
+    container: Option<Container>,
+    pid: Option<Pid>,
+    exit: Option<u8>,
+    /// Peak RSS (KiB) of the init and the descendants it waited for.
+    max_rss_kib: u64,
+}
+
+impl Member {
+    fn running(&self) -> bool {
+        self.pid.is_some() && self.exit.is_none()
+    }
+}
+
+struct Pod {
+    dir: PodDir,
+    plan: PodPlan,
+    signals: Signals,
+    pumps: Vec<LogPump>,
+    members: Vec<Member>,
+    /// Exit statuses of other children (probe execs) by pid.
+    others: HashMap<Pid, u8>,
+    /// A stop signal that arrived before the main container ran.
+    stop: Option<Signal>,
+    state_root: PathBuf,
+}
+
+/// Runs the pod described in `dir` and returns the main container's exit
+/// status.
+pub fn run(dir: &Path) -> Result<u8, PodError> {
+    let signals = Signals::install().map_err(setup_err("signals"))?;
+    let dir = PodDir { dir: dir.to_path_buf() };
+    let plan = dir.read_plan()?;
+    plan.validate()?;
+    let members = plan
+        .containers
+        .iter()
+        .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0 })
+        .collect();
+    let state_root = dir.containers_root();
+    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), members, others: HashMap::new(), stop: None, state_root };
+    pod.write_status(Phase::Starting, None);
+    let outcome = pod.setup().and_then(|()| pod.run_containers());
+    pod.teardown();
+    let code = outcome.as_ref().ok().copied();
+    pod.write_status(Phase::Exited, code);
+    if let Some(peak) = pod.peak_memory() {
+        tracing::info!("pod {}: peak memory {} MiB (sum of the containers' peak RSS)", pod.plan.name, peak >> 20);
+    }
+    outcome
+}
+
+impl Pod {
+    /// The namespaces and files shared by every container.
+    fn setup(&mut self) -> Result<(), PodError> {
+        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+        if self.plan.network == Network::Private {
+            flags |= CloneFlags::CLONE_NEWNET;
+        }
+        unshare(flags).map_err(setup_err("unshare"))?;
+        // Nothing mounted here may propagate back to the host.
+        mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
+            .map_err(setup_err("making / a slave mount"))?;
+        // A /proc of our PID namespace: pids from waitpid are valid in it.
+        let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).map_err(setup_err("mounting /proc"))?;
+        // A private cgroup2 view: libcontainer then sees a pure cgroup v2
+        // host even on a hybrid one, and tolerates its EACCES there.
+        let cg = Path::new("/sys/fs/cgroup");
+        if let Err(e) = mount(Some("tmpfs"), cg, Some("tmpfs"), nosuid, Some("mode=755"))
+            .and_then(|()| mount(Some("cgroup2"), cg, Some("cgroup2"), nosuid, None::<&str>))
+        {
+            tracing::warn!("cannot mount a cgroup2 view at /sys/fs/cgroup ({e}): no resource limits");
+        }
+        if self.plan.network == Network::Private {
+            super::net::loopback_up().map_err(|source| PodError::Setup { what: "bringing up lo", source })?;
+        }
+        nix::unistd::sethostname(&self.plan.name).map_err(setup_err("sethostname"))?;
+
+        let w = |p: PathBuf, text: &str| fs::write(&p, text).map_err(|source| PodError::Setup { what: "writing /etc files", source });
+        w(self.dir.etc("hosts"), &hosts_file(&self.plan))?;
+        w(self.dir.etc("hostname"), &format!("{}\n", self.plan.name))?;
+        if let Ok(r) = fs::read("/etc/resolv.conf") {
+            fs::write(self.dir.etc("resolv.conf"), r).map_err(|source| PodError::Setup { what: "writing /etc files", source })?;
+        }
+        Ok(())
+    }
+
+    fn run_containers(&mut self) -> Result<u8, PodError> {
+        let cgroups = cgroups_writable();
+        if !cgroups && self.plan.containers.iter().any(|c| !c.limits.is_empty()) {
+            tracing::warn!("resource limits are not applied: no writable cgroup v2 tree with the memory, cpu and pids controllers");
+        }
+        let single_id = single_gid_mapped();
+        let hosts = self.dir.etc("hosts");
+        let hostname = self.dir.etc("hostname");
+        let resolv = self.dir.etc("resolv.conf");
+        let ctx = PodContext {
+            network: self.plan.network,
+            share_pid: self.plan.share_pid,
+            single_id,
+            cgroups,
+            hosts: &hosts,
+            hostname: &hostname,
+            resolv_conf: resolv.exists().then_some(resolv.as_path()),
+            workspace: &self.plan.workspace,
+            workspace_path: &self.plan.workspace_path,
+        };
+        // Every bundle first: a broken one fails before anything runs.
+        let mut bundles = Vec::new();
+        for c in &self.plan.containers {
+            let rootfs = container::prepare_rootfs(c, &self.dir.rootfs(&c.name))?;
+            let spec = container::pod_spec(c, &rootfs, &ctx)?;
+            if c.role == Role::Main {
+                container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name: c.name.clone(), path, why })?;
+            }
+            let b = self.dir.bundle(&c.name);
+            container::write_bundle(&b, &spec).map_err(|source| ContainerError::Io { name: c.name.clone(), source })?;
+            bundles.push(b);
+        }
+
+        for i in 0..self.members.len() {
+            if self.members[i].role != Role::Init {
+                continue;
+            }
+            self.start(i, &bundles[i])?;
+            let name = self.members[i].name.clone();
+            let code = self.wait_for(|p| p.members[i].exit)?;
+            if code != 0 {
+                return Err(PodError::InitFailed { name, code });
+            }
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].role == Role::Sidecar {
+                self.start(i, &bundles[i])?;
+            }
+        }
+        for i in 0..self.members.len() {
+            if self.members[i].role == Role::Sidecar {
+                self.wait_ready(i)?;
+            }
+        }
+        let main = self.members.iter().position(|m| m.role == Role::Main).unwrap_or(self.members.len() - 1);
+        self.start(main, &bundles[main])?;
+        self.write_status(Phase::Running, None);
+        // Only the main container holds berth's stdin/stdout now: their EOF
+        // must follow its end, not the sidecars' teardown.
+        release_stdio();
+        loop {
+            if let Some(code) = self.members[main].exit {
+                return Ok(code);
+            }
+            self.step(None)?;
+        }
+    }
+
+    /// Creates and starts container `i`; init containers and sidecars get
+    /// /dev/null and a log pipe, the main one our own fds 0/1/2.
+    fn start(&mut self, i: usize, bundle: &Path) -> Result<(), PodError> {
+        if let Some(sig) = self.stop {
+            return Err(PodError::Interrupted(sig));
+        }
+        let name = self.members[i].name.clone();
+        let stdio = if self.members[i].role == Role::Main {
+            None
+        } else {
+            let echo = !self.plan.quiet_sidecars;
+            let (pump, stdio) = LogPump::new(&name, &self.dir.log_path(&name), echo)
+                .map_err(|source| ContainerError::Io { name: name.clone(), source })?;
+            self.pumps.push(pump);
+            Some(stdio)
+        };
+        let state_root = self.state_root.clone();
+        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio))?;
+        let pid = c.pid();
+        self.members[i].container = Some(c.clone());
+        c.start().map_err(|source| ContainerError::Libcontainer { name: name.clone(), source })?;
+        self.members[i].container = Some(c);
+        self.members[i].pid = pid;
+        tracing::debug!("started {name} as pid {pid:?}");
+        self.write_status(Phase::Starting, None);
+        Ok(())
+    }
+
+    /// Runs the event loop until `done` yields a value; a stop signal or a
+    /// sidecar's exit ends the wait with an error.
+    fn wait_for<T>(&mut self, mut done: impl FnMut(&Pod) -> Option<T>) -> Result<T, PodError> {
+        loop {
+            if let Some(v) = done(self) {
+                return Ok(v);
+            }
+            self.check_provisioning()?;
+            self.step(None)?;
+        }
+    }
+
+    fn check_provisioning(&self) -> Result<(), PodError> {
+        if let Some(sig) = self.stop {
+            return Err(PodError::Interrupted(sig));
+        }
+        if let Some(m) = self.members.iter().find(|m| m.role == Role::Sidecar && m.exit.is_some()) {
+            return Err(PodError::SidecarExited { name: m.name.clone(), code: m.exit.unwrap_or(0) });
+        }
+        Ok(())
+    }
+
+    /// Waits until sidecar `i` passes its readiness probe (if any).
+    fn wait_ready(&mut self, i: usize) -> Result<(), PodError> {
+        let Some(probe) = self.plan.containers[i].readiness.clone() else { return Ok(()) };
+        let name = self.members[i].name.clone();
+        self.sleep(probe.initial_delay)?;
+        let mut failures = 0;
+        loop {
+            self.check_provisioning()?;
+            let attempt = Instant::now();
+            let result = match &probe.action {
+                ProbeAction::Tcp(port) => {
+                    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], *port));
+                    std::net::TcpStream::connect_timeout(&addr, probe.timeout).map(drop).map_err(|e| e.to_string())
+                }
+                ProbeAction::Exec(cmd) => self.probe_exec(&name, cmd.clone(), probe.timeout),
+            };
+            match result {
+                Ok(()) => return Ok(()),
+                Err(why) => {
+                    failures += 1;
+                    tracing::debug!("readiness of {name}: {why}");
+                    if failures >= probe.failure_threshold {
+                        return Err(PodError::NotReady { name, why: format!("{why} ({failures} tries)") });
+                    }
+                }
+            }
+            self.sleep(probe.period.saturating_sub(attempt.elapsed()))?;
+        }
+    }
+
+    fn probe_exec(&mut self, name: &str, cmd: Vec<String>, timeout: Duration) -> Result<(), String> {
+        let null = || fs::File::open("/dev/null").map(Into::into);
+        let stdio = match (null(), null(), null()) {
+            (Ok(stdin), Ok(stdout), Ok(stderr)) => super::stdio::ContainerStdio { stdin, stdout, stderr },
+            _ => return Err("cannot open /dev/null".into()),
+        };
+        let state_root = self.state_root.clone();
+        let pid = self
+            .signals
+            .unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), Some(stdio)))
+            .map_err(|e| e.to_string())?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(code) = self.others.remove(&pid) {
+                return if code == 0 { Ok(()) } else { Err(format!("probe command exited with {code}")) };
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                let _ = kill(pid, Signal::SIGKILL);
+                return Err(format!("probe command timed out after {timeout:?}"));
+            }
+            if self.step(Some(left)).is_err() || self.stop.is_some() {
+                let _ = kill(pid, Signal::SIGKILL);
+                return Err("interrupted".into());
+            }
+        }
+    }
+
+    /// Runs the event loop for `d`.
+    fn sleep(&mut self, d: Duration) -> Result<(), PodError> {
+        let end = Instant::now() + d;
+        loop {
+            let left = end.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            self.check_provisioning()?;
+            self.step(Some(left))?;
+        }
+    }
+
+    /// One turn of the event loop: waits for a signal, sidecar output or the
+    /// timeout, and handles what came.
+    fn step(&mut self, timeout: Option<Duration>) -> Result<(), PodError> {
+        let timeout = match timeout {
+            None => PollTimeout::NONE,
+            Some(d) => PollTimeout::try_from(d.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX),
+        };
+        let ready: Vec<bool> = {
+            let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+            let open: Vec<usize> = (0..self.pumps.len()).filter(|&i| self.pumps[i].is_open()).collect();
+            for &i in &open {
+                if let Some(fd) = self.pumps[i].fd() {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+            }
+            match nix::poll::poll(&mut fds, timeout) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(setup_err("poll")(e)),
+            }
+            let mut ready = vec![false; self.pumps.len()];
+            for (k, &i) in open.iter().enumerate() {
+                ready[i] = fds[k + 1].revents().is_some_and(|r| !r.is_empty());
+            }
+            ready
+        };
+        for (i, r) in ready.into_iter().enumerate() {
+            if r {
+                self.pumps[i].pump();
+            }
+        }
+        for sig in self.signals.drain() {
+            if sig == Signal::SIGCHLD {
+                self.reap();
+            } else if signals::FORWARDED.contains(&sig) {
+                match self.members.iter().find(|m| m.role == Role::Main && m.running()).and_then(|m| m.pid) {
+                    Some(pid) => {
+                        tracing::debug!("forwarding {sig} to the main container");
+                        let _ = kill(pid, sig);
+                    }
+                    None => self.stop = Some(sig),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps every exited child, recording statuses and peak RSS.
+    fn reap(&mut self) {
+        loop {
+            let mut status: libc::c_int = 0;
+            // SAFETY: rusage is plain data filled by the kernel.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            // SAFETY: valid pointers; WNOHANG never blocks.
+            let r = unsafe { libc::wait4(-1, &mut status, libc::WNOHANG, &mut ru) };
+            if r <= 0 {
+                return;
+            }
+            let pid = Pid::from_raw(r);
+            let code = if libc::WIFEXITED(status) {
+                libc::WEXITSTATUS(status) as u8
+            } else if libc::WIFSIGNALED(status) {
+                128u8.wrapping_add(libc::WTERMSIG(status) as u8)
+            } else {
+                continue;
+            };
+            if let Some(m) = self.members.iter_mut().find(|m| m.pid == Some(pid)) {
+                tracing::debug!("{} exited with {code}", m.name);
+                m.exit = Some(code);
+                m.max_rss_kib = ru.ru_maxrss.max(0) as u64;
+            } else {
+                self.others.insert(pid, code);
+            }
+        }
+    }
+
+    /// Stops whatever still runs (SIGTERM, SIGKILL after the grace period),
+    /// reaps it, deletes the containers' state and drains the logs.
+    fn teardown(&mut self) {
+        self.write_status(Phase::Stopping, None);
+        let running = |p: &Pod| p.members.iter().any(Member::running);
+        if running(self) {
+            for m in self.members.iter().filter(|m| m.running()) {
+                if let Some(pid) = m.pid {
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
+            }
+            let end = Instant::now() + self.plan.grace;
+            while running(self) && Instant::now() < end {
+                let _ = self.step(Some(end.saturating_duration_since(Instant::now())));
+            }
+            for m in self.members.iter().filter(|m| m.running()) {
+                if let Some(pid) = m.pid {
+                    tracing::debug!("{} ignored SIGTERM: SIGKILL", m.name);
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+            }
+            let end = Instant::now() + Duration::from_secs(5);
+            while running(self) && Instant::now() < end {
+                let _ = self.step(Some(Duration::from_millis(100)));
+            }
+        }
+        for m in &mut self.members {
+            if let Some(mut c) = m.container.take() {
+                // Never delete(true)/kill(_, true): with no cgroup path of
+                // its own they act on the whole cgroup (ours).
+                if let Err(e) = c.delete(false) {
+                    tracing::debug!("deleting container {}: {e}", m.name);
+                }
+            }
+        }
+        // Output still in the pipes (the writers are gone: EOF ends each).
+        for p in &mut self.pumps {
+            p.pump();
+        }
+    }
+
+    fn peak_memory(&self) -> Option<u64> {
+        let rss = |role: Role| self.members.iter().filter(move |m| m.role == role).map(|m| m.max_rss_kib);
+        let inits = rss(Role::Init).max().unwrap_or(0);
+        let rest: u64 = rss(Role::Sidecar).chain(rss(Role::Main)).sum();
+        let kib = inits.max(rest);
+        (kib > 0).then_some(kib * 1024)
+    }
+
+    fn write_status(&self, phase: Phase, exit_code: Option<u8>) {
+        let s = Status {
+            phase,
+            containers: self.members.iter().map(|m| (m.name.clone(), m.pid.map(|p| p.as_raw()).unwrap_or(0))).collect(),
+            main: self.plan.main().name.clone(),
+            exit_code,
+            peak_memory: self.peak_memory(),
+        };
+        if let Err(e) = self.dir.write_status(&s) {
+            tracing::debug!("writing pod status: {e}");
+        }
+    }
+}
+
+/// `/etc/hosts` for every container: localhost, the pod name and each
+/// container name on 127.0.0.1, then the plan's extra entries.
+pub fn hosts_file(plan: &PodPlan) -> String {
+    let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    s.push_str("127.0.0.1\t");
+    s.push_str(&plan.name);
+    for c in &plan.containers {
+        if c.name != plan.name {
+            s.push(' ');
+            s.push_str(&c.name);
+        }
+    }
+    s.push('\n');
+    for (addr, names) in &plan.extra_hosts {
+        s.push_str(&format!("{addr}\t{}\n", names.join(" ")));
+    }
+    s
+}
+
+/// True when the cgroup2 view has the controllers limits need and we may
+/// create children in it.
+fn cgroups_writable() -> bool {
+    let root = Path::new("/sys/fs/cgroup");
+    let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
+    let has = |c| controllers.split_whitespace().any(|x| x == c);
+    has("memory") && has("cpu") && has("pids") && nix::unistd::access(&root.join("cgroup.subtree_control"), nix::unistd::AccessFlags::W_OK).is_ok()
+}
+
+/// True when the user namespace maps a single gid (no subordinate range).
+fn single_gid_mapped() -> bool {
+    let map = fs::read_to_string("/proc/self/gid_map").unwrap_or_default();
+    let total: u64 = map.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum();
+    total <= 1
+}
+
+/// Points our fds 0 and 1 at /dev/null once the main container has them.
+fn release_stdio() {
+    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in [0, 1] {
+            // SAFETY: dup2 onto our standard fds; `null` stays valid meanwhile.
+            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null.as_fd()), fd) };
+        }
+    }
+}

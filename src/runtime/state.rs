@@ -1,0 +1,271 @@
+//! A pod's state directory and the records in it.
+//!
+//! ```text
+//! <run_root>/pods/<name>/
+//!   plan.json              the PodPlan (written by berth before the pod process starts)
+//!   owner.json             berth's pid (+ start time) and the pod process's host pid
+//!   status.json            phase, containers, exit status, peak memory (pod process)
+//!   logs/<container>.log   output of init containers and sidecars
+//!   etc/hosts, etc/hostname, etc/resolv.conf   bind-mounted into every container
+//!   bundles/<container>/config.json            the bundle adjusted for the pod
+//!   rootfs/<container>/    overlay mount point
+//!   containers/            libcontainer's state root
+//! ```
+//!
+//! A pod is live while its owner (the `berth run` process) is alive; any berth
+//! command removes the directories of dead owners. Mounts need no cleanup:
+//! they live in the pod's private mount namespace and vanish with it.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("pod {0:?} is already running")]
+    Exists(String),
+    #[error("no pod named {0:?}")]
+    NotFound(String),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {source}")]
+    Json { path: PathBuf, source: serde_json::Error },
+}
+
+fn io_at(path: &Path) -> impl FnOnce(io::Error) -> StateError + '_ {
+    move |source| StateError::Io { path: path.to_path_buf(), source }
+}
+
+/// Who runs a pod: written by `berth run` once the pod process exists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Owner {
+    pub pid: i32,
+    /// `/proc/PID/stat` start time, so a reused pid is not taken for the owner.
+    pub start_time: u64,
+    /// The pod process, as seen from the host.
+    pub pod_pid: i32,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Phase {
+    Starting,
+    Running,
+    Stopping,
+    Exited,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    pub phase: Phase,
+    /// Container names with the pid of their init in the pod's PID namespace
+    /// (0 while not started).
+    pub containers: Vec<(String, i32)>,
+    pub main: String,
+    pub exit_code: Option<u8>,
+    /// Peak memory of the pod in bytes, where known.
+    pub peak_memory: Option<u64>,
+}
+
+/// The state directory of one pod.
+#[derive(Debug, Clone)]
+pub struct PodDir {
+    pub dir: PathBuf,
+}
+
+impl PodDir {
+    pub fn pods_root(run_root: &Path) -> PathBuf {
+        run_root.join("pods")
+    }
+
+    /// Opens an existing pod's directory.
+    pub fn open(run_root: &Path, name: &str) -> Result<PodDir, StateError> {
+        if super::plan::check_label(name).is_err() {
+            return Err(StateError::NotFound(name.to_string()));
+        }
+        let dir = Self::pods_root(run_root).join(name);
+        if !dir.is_dir() {
+            return Err(StateError::NotFound(name.to_string()));
+        }
+        Ok(PodDir { dir })
+    }
+
+    /// Creates the directory for a new pod; a dead pod's leftovers of the
+    /// same name are removed first.
+    pub fn create(run_root: &Path, name: &str) -> Result<PodDir, StateError> {
+        let root = Self::pods_root(run_root);
+        crate::paths::Paths::ensure_private_dir(&root).map_err(io_at(&root))?;
+        let dir = root.join(name);
+        for attempt in 0..2 {
+            match fs::create_dir(&dir) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt == 0 => {
+                    let old = PodDir { dir: dir.clone() };
+                    if old.is_live() {
+                        return Err(StateError::Exists(name.to_string()));
+                    }
+                    old.remove()?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    return Err(StateError::Exists(name.to_string()))
+                }
+                Err(e) => return Err(io_at(&dir)(e)),
+            }
+        }
+        let d = PodDir { dir };
+        for sub in ["logs", "etc", "bundles", "rootfs", "containers"] {
+            let p = d.dir.join(sub);
+            fs::create_dir(&p).map_err(io_at(&p))?;
+        }
+        Ok(d)
+    }
+
+    pub fn name(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+    pub fn plan_path(&self) -> PathBuf {
+        self.dir.join("plan.json")
+    }
+    pub fn log_path(&self, container: &str) -> PathBuf {
+        self.dir.join("logs").join(format!("{container}.log"))
+    }
+    pub fn etc(&self, file: &str) -> PathBuf {
+        self.dir.join("etc").join(file)
+    }
+    pub fn bundle(&self, container: &str) -> PathBuf {
+        self.dir.join("bundles").join(container)
+    }
+    pub fn rootfs(&self, container: &str) -> PathBuf {
+        self.dir.join("rootfs").join(container)
+    }
+    pub fn containers_root(&self) -> PathBuf {
+        self.dir.join("containers")
+    }
+
+    pub fn write_plan(&self, plan: &super::PodPlan) -> Result<(), StateError> {
+        write_json(&self.plan_path(), plan)
+    }
+    pub fn read_plan(&self) -> Result<super::PodPlan, StateError> {
+        read_json(&self.plan_path())
+    }
+    pub fn write_owner(&self, o: &Owner) -> Result<(), StateError> {
+        write_json(&self.dir.join("owner.json"), o)
+    }
+    pub fn read_owner(&self) -> Result<Owner, StateError> {
+        read_json(&self.dir.join("owner.json"))
+    }
+    pub fn write_status(&self, s: &Status) -> Result<(), StateError> {
+        write_json(&self.dir.join("status.json"), s)
+    }
+    pub fn read_status(&self) -> Result<Status, StateError> {
+        read_json(&self.dir.join("status.json"))
+    }
+
+    /// True while the berth process that owns the pod is alive. A directory
+    /// without an owner record is live for a minute (berth is creating it).
+    pub fn is_live(&self) -> bool {
+        match self.read_owner() {
+            Ok(o) => process_start_time(Pid::from_raw(o.pid)) == Some(o.start_time),
+            Err(_) => fs::metadata(&self.dir)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age.as_secs() < 60),
+        }
+    }
+
+    /// Removes the directory. Containers may have left files owned by
+    /// subordinate ids (overlay upper dirs), which the user cannot remove on
+    /// the host: those are removed from inside a user namespace.
+    pub fn remove(&self) -> Result<(), StateError> {
+        super::cleanup::remove_tree(&self.dir).map_err(io_at(&self.dir))
+    }
+}
+
+/// Every pod directory under `run_root`, sorted by name.
+pub fn list(run_root: &Path) -> Vec<PodDir> {
+    let mut out: Vec<PodDir> = fs::read_dir(PodDir::pods_root(run_root))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter(|e| e.file_name().to_str().is_some_and(|n| super::plan::check_label(n).is_ok()))
+        .map(|e| PodDir { dir: e.path() })
+        .collect();
+    out.sort_by(|a, b| a.dir.cmp(&b.dir));
+    out
+}
+
+/// Removes the state of pods whose owner is gone (berth was SIGKILLed).
+/// Failures are logged, never fatal: this runs before every pod command.
+pub fn clean_dead(run_root: &Path) {
+    for pod in list(run_root) {
+        if !pod.is_live() {
+            tracing::info!("removing state of dead pod {}", pod.name());
+            if let Err(e) = pod.remove() {
+                tracing::warn!("cannot remove state of dead pod {}: {e}", pod.name());
+            }
+        }
+    }
+}
+
+/// The start time (clock ticks since boot) of a process, or None if gone.
+pub fn process_start_time(pid: Pid) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may contain spaces and ')': fields follow the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // After ')': state is field 3; starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
+    let tmp = path.with_extension("tmp");
+    let data = serde_json::to_vec_pretty(value).map_err(|source| StateError::Json { path: path.to_path_buf(), source })?;
+    fs::write(&tmp, data).map_err(io_at(&tmp))?;
+    fs::rename(&tmp, path).map_err(io_at(path))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, StateError> {
+    let data = fs::read(path).map_err(io_at(path))?;
+    serde_json::from_slice(&data).map_err(|source| StateError::Json { path: path.to_path_buf(), source })
+}
+
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_of_self_and_of_a_gone_process() {
+        let me = process_start_time(Pid::this()).unwrap();
+        assert!(me > 0);
+        assert_eq!(process_start_time(Pid::from_raw(i32::MAX)), None);
+    }
+
+    #[test]
+    fn create_refuses_a_live_pod_and_replaces_a_dead_one() {
+        let t = tempfile::tempdir().unwrap();
+        let d = PodDir::create(t.path(), "p").unwrap();
+        let me = Owner { pid: std::process::id() as i32, start_time: process_start_time(Pid::this()).unwrap(), pod_pid: 1, created: 0 };
+        d.write_owner(&me).unwrap();
+        assert!(matches!(PodDir::create(t.path(), "p"), Err(StateError::Exists(_))));
+        // A dead owner (a pid with another start time).
+        d.write_owner(&Owner { start_time: me.start_time + 1, ..me }).unwrap();
+        fs::write(d.log_path("x"), "old").unwrap();
+        let d2 = PodDir::create(t.path(), "p").unwrap();
+        assert!(!d2.log_path("x").exists());
+        assert_eq!(list(t.path()).len(), 1);
+        assert!(matches!(PodDir::open(t.path(), "../p"), Err(StateError::NotFound(_))));
+    }
+}

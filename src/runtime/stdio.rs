@@ -1,0 +1,110 @@
+//! Output of init containers and sidecars: a pipe per container, copied by
+//! the pod process into `logs/NAME.log` and, unless quiet, onto berth's
+//! stderr with a `[NAME] ` prefix per line. The main container never goes
+//! through here: it writes to berth's own stdout/stderr.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::path::Path;
+
+use nix::fcntl::OFlag;
+
+/// The container's ends: stdin (/dev/null), stdout and stderr (one pipe).
+pub struct ContainerStdio {
+    pub stdin: OwnedFd,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+}
+
+/// The pod process's end of one container's output.
+pub struct LogPump {
+    pub name: String,
+    read: Option<OwnedFd>,
+    log: File,
+    echo: bool,
+    partial: Vec<u8>,
+}
+
+impl LogPump {
+    /// Makes the pipe and opens the log (appending: init containers may
+    /// share nothing, but a restarted pod keeps its history).
+    pub fn new(name: &str, log: &Path, echo: bool) -> io::Result<(LogPump, ContainerStdio)> {
+        let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)?;
+        // The container's end must block: clear O_NONBLOCK on it.
+        nix::fcntl::fcntl(w.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()))?;
+        let w2 = w.try_clone()?;
+        let null = File::open("/dev/null")?;
+        let log = OpenOptions::new().create(true).append(true).open(log)?;
+        Ok((
+            LogPump { name: name.to_string(), read: Some(r), log, echo, partial: Vec::new() },
+            ContainerStdio { stdin: null.into(), stdout: w, stderr: w2 },
+        ))
+    }
+
+    /// The read end while the pipe is open.
+    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.read.as_ref().map(|f| f.as_fd())
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.read.is_some()
+    }
+
+    /// Copies what is available; closes the pipe at EOF.
+    pub fn pump(&mut self) {
+        let Some(fd) = self.read.as_ref().map(|f| f.as_raw_fd()) else { return };
+        let mut buf = [0u8; 16384];
+        loop {
+            match nix::unistd::read(fd, &mut buf) {
+                Ok(0) => {
+                    self.read = None;
+                    self.flush_partial();
+                    return;
+                }
+                Ok(n) => self.write(&buf[..n]),
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(nix::errno::Errno::EAGAIN) => return,
+                Err(e) => {
+                    tracing::warn!("reading output of {}: {e}", self.name);
+                    self.read = None;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn write(&mut self, data: &[u8]) {
+        if let Err(e) = self.log.write_all(data) {
+            tracing::warn!("writing log of {}: {e}", self.name);
+        }
+        if !self.echo {
+            return;
+        }
+        self.partial.extend_from_slice(data);
+        let mut out = Vec::new();
+        while let Some(i) = self.partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = self.partial.drain(..=i).collect();
+            out.extend_from_slice(format!("[{}] ", self.name).as_bytes());
+            out.extend_from_slice(&line);
+        }
+        // Bound the buffer for output without newlines.
+        if self.partial.len() > 8192 {
+            let rest = std::mem::take(&mut self.partial);
+            out.extend_from_slice(format!("[{}] ", self.name).as_bytes());
+            out.extend_from_slice(&rest);
+            out.push(b'\n');
+        }
+        let _ = io::stderr().write_all(&out);
+    }
+
+    fn flush_partial(&mut self) {
+        if self.echo && !self.partial.is_empty() {
+            let rest = std::mem::take(&mut self.partial);
+            let mut out = format!("[{}] ", self.name).into_bytes();
+            out.extend_from_slice(&rest);
+            out.push(b'\n');
+            let _ = io::stderr().write_all(&out);
+        }
+    }
+}

@@ -1,0 +1,457 @@
+//! Pod files: the examples in bundles/, errors with exact positions,
+//! warnings by path, Kubernetes semantics, and hostile input.
+
+use std::path::{Path, PathBuf};
+
+use berth::pod::kube::{self, PodFileError, MAX_FILE_SIZE};
+use berth::pod::shorthand::{self, ShorthandArgs};
+use berth::pod::{Network, Pod, ProbeAction, VolumeSource, Warning};
+
+fn bundles() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("bundles")
+}
+
+fn parse(text: &str) -> (Pod, Vec<Warning>) {
+    match kube::from_str(text, "pod.yaml") {
+        Ok(r) => r,
+        Err(e) => panic!("{e}\n--- in ---\n{text}"),
+    }
+}
+
+/// (line, column, message) of the error `text` gives.
+fn error(text: &str) -> (usize, usize, String) {
+    match kube::from_str(text, "pod.yaml") {
+        Err(PodFileError::Invalid { file, line, column, message }) => {
+            assert_eq!(file, "pod.yaml");
+            (line, column, message)
+        }
+        Err(e) => panic!("not an Invalid error: {e}"),
+        Ok((pod, _)) => panic!("accepted: {pod:?}\n--- in ---\n{text}"),
+    }
+}
+
+/// A minimal valid pod with `extra` lines inserted into its container
+/// (indented by the caller as a container field, 4 spaces).
+fn with_container_fields(extra: &str) -> String {
+    format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n  - name: main\n    image: busybox\n{extra}")
+}
+
+const HEAD: &str = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n";
+
+#[test]
+fn every_bundle_parses_without_warnings() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir(bundles()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+            continue;
+        }
+        let pod = kube::from_file(&path).unwrap_or_else(|e| panic!("{e}"));
+        pod.validate().unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let (again, warnings) = kube::from_str(&text, &path.display().to_string()).unwrap();
+        assert_eq!(again, pod);
+        assert!(warnings.is_empty(), "{}: {warnings:?}", path.display());
+        seen += 1;
+    }
+    assert!(seen >= 3, "only {seen} bundles");
+}
+
+#[test]
+fn demo_bundle_is_the_readme_demo() {
+    let pod = kube::from_file(&bundles().join("demo.yaml")).unwrap();
+    assert_eq!(pod.name, "demo");
+    assert_eq!(pod.init_containers.len(), 1);
+    assert_eq!(pod.main_container().unwrap().name, "build");
+    let web = &pod.containers[1];
+    assert_eq!(web.name, "web");
+    assert_eq!(web.args, Some(vec![]), "command without args drops the image's Cmd");
+    let probe = web.readiness.as_ref().unwrap();
+    assert_eq!(probe.action, ProbeAction::TcpSocket(8080), "named port resolved");
+    assert_eq!((probe.initial_delay_ms, probe.period_ms, probe.timeout_ms, probe.failure_threshold), (0, 1000, 1000, 30));
+    assert!(web.volume_mounts[0].read_only);
+    assert_eq!(pod.volumes[0].source, VolumeSource::EmptyDir);
+    for c in pod.init_containers.iter().chain(&pod.containers) {
+        assert_eq!(c.image, "localhost:5000/berth/busybox:latest");
+        assert_eq!(c.volume_mounts[0].mount_path, "/workspace");
+    }
+}
+
+#[test]
+fn jenkins_bundle_expands_references() {
+    let pod = kube::from_file(&bundles().join("jenkins-agent.yaml")).unwrap();
+    let fetch = &pod.init_containers[0];
+    assert_eq!(fetch.command.as_ref().unwrap()[4], "http://jenkins.example.com:8080/jnlpJars/agent.jar");
+    let agent = pod.main_container().unwrap();
+    assert!(!agent.tty);
+    assert_eq!(agent.limits.memory_bytes, Some(2 << 30));
+    assert_eq!(agent.limits.cpu_millis, Some(2000));
+    assert_eq!(pod.containers[1].limits.cpu_millis, Some(500));
+    let maven = kube::from_file(&bundles().join("maven-postgres.yaml")).unwrap();
+    let env = &maven.containers[0].env;
+    assert!(env.contains(&("SPRING_DATASOURCE_URL".into(), "jdbc:postgresql://db:5432/app".into())));
+    assert_eq!(maven.volumes[0].source, VolumeSource::HostPath("/var/cache/berth-m2".into()));
+}
+
+#[test]
+fn invalid_files_point_at_the_node() {
+    let c = with_container_fields;
+    // (text, line, column, part of the message)
+    let cases: Vec<(String, usize, usize, &str)> = vec![
+        // Syntax.
+        (format!("{HEAD}spec: [a\n"), 6, 1, "invalid YAML"),
+        (format!("{HEAD}spec:\n\tcontainers: []\n"), 6, 2, "tabs disallowed"),
+        (format!("{HEAD}  name: q\n"), 5, 3, "duplicate key \"name\""),
+        (String::new(), 1, 1, "holds no Pod"),
+        ("# nothing\n".into(), 1, 1, "holds no Pod"),
+        (format!("{}---\n{HEAD}", c("")), 9, 1, "one Pod"),
+        // Header.
+        ("- a\n".into(), 1, 1, "the file must be a mapping, not a list"),
+        ("apiVersion: apps/v1\nkind: Pod\n".into(), 1, 13, "apiVersion must be v1"),
+        ("apiVersion: v1\nkind: Deployment\n".into(), 2, 7, "kind must be Pod"),
+        ("apiVersion: v1\nkind: Pod\nspec: {}\n".into(), 1, 1, "metadata is required"),
+        (format!("{HEAD}spec:\n  volumes: []\n"), 6, 3, "spec.containers is required"),
+        (format!("{HEAD}spec:\n  containers: []\n"), 6, 15, "at least one container"),
+        // Types.
+        (c("    command: [sleep, 3600]\n"), 9, 22, "spec.containers[0].command[1] must be a string, not an integer (\"3600\"); quote it"),
+        (c("    ports:\n    - containerPort: \"8080\"\n"), 10, 22, "must be an integer, not a string"),
+        (c("    ports:\n    - containerPort: 70000\n"), 10, 22, "between 1 and 65535"),
+        (c("    ports:\n    - containerPort: 0808\n"), 10, 22, "leading zero"),
+        (c("    tty: maybe\n"), 9, 10, "must be true or false"),
+        (c("    env: {A: b}\n"), 9, 10, "spec.containers[0].env must be a list, not a mapping"),
+        (c("    env:\n    - name: A\n      value: 1\n"), 11, 14, "env[0].value must be a string"),
+        (c("    securityContext:\n      runAsUser: -1\n"), 10, 18, "between 0 and 2147483647"),
+        // Semantics, found while reading.
+        (c("    env:\n    - name: A\n      valueFrom: {secretKeyRef: {name: s, key: k}}\n"), 11, 7, "valueFrom is not supported"),
+        (c("    envFrom: []\n"), 9, 5, "envFrom is not supported"),
+        (c("    resources:\n      limits:\n        memory: 256MB\n"), 11, 17, "invalid quantity \"256MB\""),
+        (c("    resources:\n      limits:\n        cpu: -1\n"), 11, 14, "must not be negative"),
+        (c("    resources:\n      limits:\n        memory: [1]\n"), 11, 17, "must be a quantity"),
+        (c("    readinessProbe:\n      tcpSocket:\n        port: http\n"), 11, 15, "no port named \"http\""),
+        (c("    readinessProbe:\n      httpGet: {path: /, port: 80}\n"), 10, 7, "httpGet probes are not supported"),
+        (c("    readinessProbe:\n      periodSeconds: 1\n"), 10, 7, "needs exec or tcpSocket"),
+        (c("    readinessProbe:\n      exec: {command: [x]}\n      tcpSocket: {port: 1}\n"), 11, 18, "only one of exec and tcpSocket"),
+        (c("    readinessProbe:\n      exec: {command: []}\n"), 10, 23, "must not be empty"),
+        (c("    readinessProbe:\n      tcpSocket: {port: 80}\n      periodSeconds: -5\n"), 11, 22, "must not be negative"),
+        (c("    volumeMounts:\n    - name: v\n      mountPath: /v\n      subPath: x\n"), 12, 7, "subPath is not supported"),
+        (c("    ports:\n    - containerPort: 1\n      name: a\n    - containerPort: 2\n      name: a\n"), 13, 13, "used twice"),
+        (
+            format!("{HEAD}spec:\n  initContainers:\n  - name: i\n    image: busybox\n    readinessProbe:\n      exec: {{command: [x]}}\n  containers:\n  - name: m\n    image: b\n"),
+            10, 7, "init containers cannot have a readinessProbe",
+        ),
+        (
+            format!("{HEAD}spec:\n  initContainers:\n  - name: i\n    image: busybox\n    restartPolicy: Always\n  containers:\n  - name: m\n    image: b\n"),
+            9, 5, "Kubernetes sidecars",
+        ),
+        (
+            format!("{}  volumes:\n  - name: cfg\n    configMap: {{name: x}}\n", c("")),
+            11, 5, "configMap volumes are not supported",
+        ),
+        (
+            format!("{}  volumes:\n  - name: v\n    emptyDir: {{}}\n    hostPath: {{path: /x}}\n", c("")),
+            12, 15, "one source",
+        ),
+        (format!("{}  volumes:\n  - name: v\n    hostPath: {{}}\n", c("")), 11, 15, "hostPath.path is required"),
+        // Semantics, found by Pod::validate.
+        (format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: My_Pod\nspec:\n  containers:\n  - {{name: m, image: b}}\n"), 4, 9, "metadata.name: invalid pod name \"My_Pod\""),
+        (c("  - name: Web\n    image: b\n"), 9, 11, "spec.containers[1].name: invalid container name \"Web\""),
+        (c("  - name: main\n    image: b\n"), 9, 11, "spec.containers[1].name: container name \"main\" is used twice"),
+        (
+            format!("{HEAD}spec:\n  initContainers:\n  - name: main\n    image: b\n  containers:\n  - name: main\n    image: b\n"),
+            10, 11, "spec.containers[0].name: container name \"main\" is used twice",
+        ),
+        (c("  - name: web\n    image: \"\"\n"), 10, 12, "needs an image"),
+        (c("  - name: web\n"), 9, 5, "spec.containers[1].image is required"),
+        (c("    volumeMounts:\n    - name: nope\n      mountPath: /x\n"), 10, 13, "mounts volume \"nope\", which is not in spec.volumes"),
+        (
+            format!("{}    volumeMounts:\n    - name: v\n      mountPath: x\n  volumes:\n  - name: v\n", c("")),
+            11, 18, "mountPath \"x\" must be an absolute path",
+        ),
+        (format!("{}  volumes:\n  - name: v\n  - name: v\n", c("")), 11, 11, "volume name \"v\" is used twice"),
+        (format!("{}  volumes:\n  - name: v\n    hostPath: {{path: data}}\n", c("")), 11, 22, "must be an absolute path"),
+        (c("    workingDir: src\n"), 9, 17, "workingDir \"src\" must be an absolute path"),
+        (c("    env:\n    - name: \"A=B\"\n"), 10, 13, "invalid environment variable name"),
+        (c("    resources:\n      limits:\n        memory: 0\n"), 11, 17, "must be more than 0"),
+    ];
+    let mut wrong = Vec::new();
+    for (i, (text, line, column, part)) in cases.iter().enumerate() {
+        let (l, col, message) = error(text);
+        if !message.contains(part) || (l, col) != (*line, *column) {
+            wrong.push(format!("case {i}: got {l}:{col} {message:?}, want {line}:{column} {part:?}"));
+        }
+    }
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+}
+
+#[test]
+fn errors_render_as_file_line_column() {
+    let e = kube::from_str(&with_container_fields("    command: [sleep, 10]\n"), "ci/pod.yaml").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "ci/pod.yaml:9:22: spec.containers[0].command[1] must be a string, not an integer (\"10\"); quote it (Kubernetes rejects it too)"
+    );
+}
+
+#[test]
+fn unknown_and_ignored_fields_warn_by_path() {
+    let text = format!(
+        "{HEAD}  labels: {{app: x}}\n  colour: red\nspec:\n  restartPolicy: Always\n  nodeSelector: {{a: b}}\n  hostPID: false\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: Always\n    lifecycle: {{}}\n    livenessProbe: {{}}\n    frobnicate: 1\n    securityContext:\n      privileged: false\n      allowPrivilegeEscalation: true\n    resources:\n      requests: {{cpu: 1}}\n      limits: {{ephemeral-storage: 1Gi, memory: 1Gi}}\n    ports:\n    - containerPort: 80\n      protocol: TCP\n      hostPort: 8080\n  volumes:\n  - name: v\n    emptyDir: {{medium: Memory, sizeLimit: 1Gi}}\nstatus: {{phase: Running}}\nextra: 1\n"
+    );
+    let (pod, warnings) = parse(&text);
+    assert_eq!(pod.containers[0].limits.memory_bytes, Some(1 << 30));
+    let got: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    let want = [
+        "pod.yaml:6:3: ignoring unknown field metadata.colour",
+        "pod.yaml:8:3: ignoring spec.restartPolicy: berth never restarts containers",
+        "pod.yaml:15:5: ignoring spec.containers[0].lifecycle: lifecycle hooks are not supported",
+        "pod.yaml:16:5: ignoring spec.containers[0].livenessProbe: berth does not restart containers",
+        "pod.yaml:17:5: ignoring unknown field spec.containers[0].frobnicate",
+        "pod.yaml:20:7: ignoring spec.containers[0].securityContext.allowPrivilegeEscalation: berth always sets no_new_privileges",
+        "pod.yaml:23:16: ignoring spec.containers[0].resources.limits.ephemeral-storage: berth limits memory and cpu only",
+        "pod.yaml:27:7: ignoring spec.containers[0].ports[0].hostPort: berth does not publish ports; use --network host",
+        "pod.yaml:30:16: ignoring spec.volumes[0].emptyDir.medium: emptyDir is a directory on disk",
+        "pod.yaml:30:32: ignoring spec.volumes[0].emptyDir.sizeLimit: not enforced",
+        "pod.yaml:32:1: ignoring unknown field extra",
+    ];
+    let mut got_sorted = got.clone();
+    got_sorted.sort_by_key(|w| {
+        let mut parts = w.splitn(4, ':').skip(1).map(|n| n.parse::<usize>().unwrap_or(0));
+        (parts.next(), parts.next())
+    });
+    assert_eq!(got_sorted, want, "{got:#?}");
+    assert_eq!(warnings.iter().find(|w| w.line == 17).map(|w| w.path.as_str()), Some("spec.containers[0].frobnicate"));
+}
+
+#[test]
+fn tty_outside_main_container_warns() {
+    let text = format!("{HEAD}spec:\n  containers:\n  - {{name: a, image: b, tty: true}}\n  - {{name: c, image: b, tty: true, stdin: true}}\n");
+    let (pod, warnings) = parse(&text);
+    assert!(pod.containers[0].tty);
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].path, "spec.containers[1].tty");
+    assert_eq!((warnings[0].line, warnings[0].column), (8, 30));
+}
+
+#[test]
+fn quantities_in_limits() {
+    let cases = [
+        ("memory: 256Mi", Some(256 << 20), None),
+        ("memory: \"1Gi\"", Some(1 << 30), None),
+        ("memory: 1073741824", Some(1 << 30), None),
+        ("memory: 1e9", Some(1_000_000_000), None),
+        ("memory: 1.5G", Some(1_500_000_000), None),
+        ("cpu: 500m", None, Some(500)),
+        ("cpu: 2", None, Some(2000)),
+        ("cpu: 0.5", None, Some(500)),
+        ("cpu: \"0.25\"", None, Some(250)),
+        ("cpu: 1u", None, Some(1)),
+    ];
+    for (line, memory, cpu) in cases {
+        let (pod, w) = parse(&with_container_fields(&format!("    resources:\n      limits:\n        {line}\n")));
+        assert!(w.is_empty());
+        let l = &pod.containers[0].limits;
+        assert_eq!((l.memory_bytes, l.cpu_millis), (memory, cpu), "{line}");
+    }
+}
+
+#[test]
+fn probes_have_kubernetes_defaults() {
+    let (pod, _) = parse(&with_container_fields("    readinessProbe:\n      tcpSocket:\n        port: 5432\n"));
+    let p = pod.containers[0].readiness.clone().unwrap();
+    assert_eq!(p.action, ProbeAction::TcpSocket(5432));
+    assert_eq!((p.initial_delay_ms, p.period_ms, p.timeout_ms, p.failure_threshold), (0, 10_000, 1_000, 3));
+
+    let (pod, _) = parse(&with_container_fields(
+        "    readinessProbe:\n      exec:\n        command: [pg_isready, -U, \"5\"]\n      initialDelaySeconds: 2\n      periodSeconds: 0\n      timeoutSeconds: 4\n      failureThreshold: 9\n      successThreshold: 1\n",
+    ));
+    let p = pod.containers[0].readiness.clone().unwrap();
+    assert_eq!(p.action, ProbeAction::Exec(vec!["pg_isready".into(), "-U".into(), "5".into()]));
+    assert_eq!((p.initial_delay_ms, p.period_ms, p.timeout_ms, p.failure_threshold), (2000, 10_000, 4000, 9));
+
+    let (pod, _) = parse(&with_container_fields(
+        "    ports:\n    - {name: pg, containerPort: 5432}\n    - {name: http, containerPort: 80}\n    readinessProbe: {tcpSocket: {port: http}}\n",
+    ));
+    assert_eq!(pod.containers[0].ports, [5432, 80]);
+    assert_eq!(pod.containers[0].readiness.as_ref().unwrap().action, ProbeAction::TcpSocket(80));
+}
+
+#[test]
+fn pod_level_fields() {
+    let text = format!(
+        "{HEAD}spec:\n  hostNetwork: true\n  shareProcessNamespace: true\n  securityContext: {{runAsUser: 1000, runAsGroup: 1000}}\n  containers:\n  - name: a\n    image: b\n    securityContext: {{runAsUser: 0}}\n  - name: c\n    image: b\n    command: [x]\n    args: []\n  - name: d\n    image: b\n    args: [\"$(GREETING) world\", \"$$(GREETING)\"]\n    env:\n    - {{name: WHO, value: you}}\n    - name: GREETING\n      value: hello $(WHO)\n    - {{name: EMPTY}}\n"
+    );
+    let (pod, w) = parse(&text);
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(pod.network, Network::Host);
+    assert!(pod.share_process_namespace);
+    assert_eq!((pod.containers[0].run_as_user, pod.containers[0].run_as_group), (Some(0), Some(1000)));
+    assert_eq!((pod.containers[1].run_as_user, pod.containers[1].run_as_group), (Some(1000), Some(1000)));
+    assert_eq!(pod.containers[1].command, Some(vec!["x".into()]));
+    assert_eq!(pod.containers[1].args, Some(vec![]));
+    let d = &pod.containers[2];
+    assert_eq!(d.command, None);
+    assert_eq!(d.args, Some(vec!["hello you world".into(), "$(GREETING)".into()]));
+    assert_eq!(d.env[2], ("EMPTY".into(), String::new()));
+}
+
+#[test]
+fn generate_name_and_yaml_features() {
+    let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: ci-\nspec:\n  containers:\n  - &base {name: a, image: busybox, workingDir: /w}\n  - <<: *base\n    name: b\n";
+    let (pod, w) = parse(text);
+    assert!(w.is_empty(), "{w:?}");
+    assert!(pod.name.starts_with("ci-") && pod.name.len() == 8, "{}", pod.name);
+    assert_eq!(pod.containers[1].name, "b");
+    assert_eq!(pod.containers[1].working_dir.as_deref(), Some("/w"));
+    // A leading document marker, a BOM and a trailing empty document are fine.
+    parse(&format!("\u{feff}---\n{}---\n", with_container_fields("")));
+}
+
+#[test]
+fn main_override_for_pod_files() {
+    let (mut pod, _) = parse(&format!("{HEAD}spec:\n  containers:\n  - {{name: a, image: b}}\n  - {{name: c, image: b}}\n"));
+    assert_eq!(pod.main_container().unwrap().name, "a");
+    pod.select_main("c").unwrap();
+    assert_eq!(pod.main, 1);
+    pod.validate().unwrap();
+    assert!(pod.select_main("zz").is_err());
+}
+
+#[test]
+fn file_limits_and_encoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    let mut text = with_container_fields("");
+    text.push_str(&"# padding\n".repeat((MAX_FILE_SIZE / 10) as usize));
+    std::fs::write(&big, &text).unwrap();
+    assert!(matches!(kube::from_file(&big), Err(PodFileError::TooLarge { .. })));
+    assert!(matches!(kube::from_str(&text, "big.yaml"), Err(PodFileError::TooLarge { .. })));
+
+    let latin1 = dir.path().join("latin1.yaml");
+    let mut bytes = with_container_fields("    env:\n    - name: A\n      value: caf").into_bytes();
+    bytes.extend_from_slice(b"\xe9\n");
+    std::fs::write(&latin1, bytes).unwrap();
+    match kube::from_file(&latin1) {
+        Err(PodFileError::Invalid { line, column, message, .. }) => {
+            assert_eq!((line, column), (11, 17));
+            assert!(message.contains("not UTF-8"));
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let missing = dir.path().join("nope.yaml");
+    let e = kube::from_file(&missing).unwrap_err();
+    assert!(matches!(e, PodFileError::Read { .. }));
+    assert!(e.to_string().contains("nope.yaml"));
+}
+
+#[test]
+fn shorthand_builds_a_valid_pod() {
+    let a = ShorthandArgs {
+        image: "localhost:5000/berth/busybox:latest".into(),
+        command: vec!["wget".into(), "-qO-".into(), "http://web:8080/".into()],
+        sidecars: vec!["web=localhost:5000/berth/busybox:latest".into()],
+        sidecar_cmds: vec!["web=httpd -f -p 8080 -h /workspace".into()],
+        env: vec!["A=1".into()],
+        workdir: Some("/workspace".into()),
+        ..ShorthandArgs::default()
+    };
+    let pod = shorthand::from_args(&a).unwrap();
+    pod.validate().unwrap();
+    assert!(pod.name.starts_with("berth-"));
+    assert_eq!(pod.main_container().unwrap().name, "busybox");
+    assert_eq!(pod.containers[1].args.as_ref().unwrap()[0], "httpd");
+}
+
+/// A small deterministic generator (xorshift64*), so failures reproduce.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+/// Cut a single char-safe index in `s`.
+fn boundary(s: &str, i: usize) -> usize {
+    let mut i = i.min(s.len());
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+fn mutate(rng: &mut Rng, text: &str) -> String {
+    const PIECES: &[&str] = &[
+        ":", "- ", "[", "]", "{", "}", ",", "&a ", "*a", "!!str ", "!x ", "|", ">", "'", "\"", "%YAML 1.2\n", "@", "`", "\n", "\t", "#",
+        "? ", "---\n", "...\n", "  ", "<<: ", "~", "-1", "0x", "99999999999999999999", "é", "\\", "\0", "$(", "Mi", "null",
+    ];
+    let mut t = text.to_string();
+    for _ in 0..1 + rng.below(4) {
+        let at = boundary(&t, rng.below(t.len() + 1));
+        match rng.below(5) {
+            0 => t.insert_str(at, PIECES[rng.below(PIECES.len())]),
+            1 => {
+                let end = boundary(&t, at + rng.below(40));
+                t.replace_range(at..end, "");
+            }
+            2 => {
+                let lines: Vec<&str> = t.lines().collect();
+                let (a, b) = (rng.below(lines.len()), rng.below(lines.len()));
+                let mut lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+                if !lines.is_empty() {
+                    lines.swap(a, b);
+                    let dup = lines[a].clone();
+                    lines.insert(b, dup);
+                }
+                t = lines.join("\n");
+            }
+            3 => t.truncate(at),
+            _ => {
+                let c = char::from_u32(rng.next() as u32 % 0x250).unwrap_or('?');
+                t.insert(at, c);
+            }
+        }
+    }
+    t
+}
+
+#[test]
+fn mutated_and_random_input_never_panics() {
+    let mut seeds: Vec<String> = std::fs::read_dir(bundles())
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    seeds.push(with_container_fields("    readinessProbe: {tcpSocket: {port: 80}}\n    resources: {limits: {cpu: 1, memory: 1Gi}}\n"));
+    let mut rng = Rng(0x5eed_2026_1128_0240);
+    let mut accepted = 0;
+    for i in 0..4000 {
+        let text = if i % 10 == 9 {
+            (0..rng.below(300)).map(|_| char::from_u32(rng.next() as u32 % 0x80).unwrap_or(' ')).collect()
+        } else {
+            let seed = &seeds[rng.below(seeds.len())];
+            mutate(&mut rng, seed)
+        };
+        match kube::from_str(&text, "fuzz.yaml") {
+            Ok((pod, warnings)) => {
+                accepted += 1;
+                pod.validate().expect("an accepted pod validates");
+                for w in warnings {
+                    assert!(w.line >= 1 && w.column >= 1 && !w.to_string().contains('\n'), "{w:?}");
+                }
+            }
+            Err(PodFileError::Invalid { line, column, message, .. }) => {
+                assert!(line >= 1 && column >= 1, "{line}:{column} {message}");
+                assert!(!message.contains('\n'), "multi-line message {message:?} for {text:?}");
+            }
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    // The mutations must leave some files valid, or this tests only the parser.
+    assert!(accepted > 100, "only {accepted} accepted");
+}

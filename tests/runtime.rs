@@ -1,0 +1,390 @@
+//! The pod runtime end to end, as the unprivileged user `berthtest`: real
+//! namespaces, real libcontainer containers on a busybox rootfs.
+//!
+//! Tests run as root; berth runs as `berthtest` via `runuser`, from a copy of
+//! the binary in a world-readable temporary directory.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const USER: &str = "berthtest";
+
+/// A scratch area berthtest can use: the berth binary, bundles, run root.
+struct Env {
+    dir: tempfile::TempDir,
+    berth: PathBuf,
+}
+
+fn user_ids() -> (u32, u32) {
+    let out = Command::new("id").args(["-u", USER]).output().expect("id");
+    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("berthtest exists");
+    let out = Command::new("id").args(["-g", USER]).output().expect("id");
+    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("gid");
+    (uid, gid)
+}
+
+fn chown_r(p: &Path) {
+    let st = Command::new("chown").args(["-R", USER]).arg(p).status().unwrap();
+    assert!(st.success());
+}
+
+impl Env {
+    fn new() -> Env {
+        let dir = tempfile::Builder::new().prefix("berth-rt-").tempdir().unwrap();
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+        let berth = dir.path().join("berth");
+        fs::copy(env!("CARGO_BIN_EXE_berth"), &berth).unwrap();
+        fs::set_permissions(&berth, fs::Permissions::from_mode(0o755)).unwrap();
+        let run = dir.path().join("run");
+        fs::create_dir(&run).unwrap();
+        chown_r(&run);
+        Env { dir, berth }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A busybox bundle whose config.json comes from oci-spec's defaults.
+    fn bundle(&self, name: &str) -> PathBuf {
+        let b = self.path().join(name);
+        let rootfs = b.join("rootfs");
+        let bin = rootfs.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        for d in ["proc", "sys", "dev", "etc", "tmp", "root"] {
+            fs::create_dir_all(rootfs.join(d)).unwrap();
+        }
+        fs::copy("/bin/busybox", bin.join("busybox")).unwrap();
+        let list = Command::new("/bin/busybox").arg("--list").output().unwrap();
+        for applet in String::from_utf8_lossy(&list.stdout).lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+            }
+        }
+        let mut spec = oci_spec::runtime::Spec::default();
+        let mut process = spec.process().clone().unwrap();
+        process.set_terminal(Some(false));
+        process.set_args(Some(vec!["sh".into()]));
+        process.set_env(Some(vec!["PATH=/bin".into(), "HOME=/root".into()]));
+        spec.set_process(Some(process));
+        spec.set_root(Some(oci_spec::runtime::RootBuilder::default().path("rootfs").readonly(false).build().unwrap()));
+        spec.save(b.join("config.json")).unwrap();
+        chown_r(&b);
+        b
+    }
+
+    /// `berth ARGS` as berthtest.
+    fn berth(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", USER, "--"])
+            .arg(&self.berth)
+            .env("BERTH_RUN_ROOT", self.path().join("run"))
+            .env("BERTH_ROOT", self.path().join("store"))
+            .env("HOME", self.path())
+            .env_remove("XDG_RUNTIME_DIR")
+            .args(args);
+        c
+    }
+
+    /// `berth run --bundle B -- sh -c SCRIPT`, stdout and stderr captured.
+    fn sh(&self, bundle: &Path, script: &str) -> (i32, String, String) {
+        let out = self
+            .berth(&["run", "--bundle", bundle.to_str().unwrap(), "--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// The berth process started by `runuser` (its child).
+fn berth_pid(runuser: &Child) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for e in fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+            let rest = &stat[stat.rfind(')').unwrap() + 1..];
+            let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
+            if ppid == runuser.id() {
+                return pid;
+            }
+        }
+        assert!(Instant::now() < deadline, "berth did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Processes whose command line mentions `needle`.
+fn processes_with(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid as u32 == std::process::id() {
+            continue;
+        }
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn runtime_stream_256mib_through_cat_is_exact() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let input = env.path().join("input");
+    let mut hasher = Sha256::new();
+    {
+        let mut f = fs::File::create(&input).unwrap();
+        let mut rng = fs::File::open("/dev/urandom").unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        for _ in 0..256 {
+            rng.read_exact(&mut buf).unwrap();
+            hasher.update(&buf);
+            f.write_all(&buf).unwrap();
+        }
+    }
+    let want = hasher.finalize();
+    let mut child = env
+        .berth(&["run", "--bundle", b.to_str().unwrap(), "--", "cat"])
+        .stdin(fs::File::open(&input).unwrap())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut h = Sha256::new();
+    let mut n = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let k = out.read(&mut buf).unwrap();
+        if k == 0 {
+            break;
+        }
+        n += k as u64;
+        h.update(&buf[..k]);
+    }
+    assert!(child.wait().unwrap().success());
+    assert_eq!(n, 256 << 20, "exactly the input on stdout");
+    assert_eq!(h.finalize(), want);
+}
+
+#[test]
+fn runtime_exit_codes_and_signals_pass_through() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    for code in [0, 3, 255] {
+        let (got, out, err) = env.sh(&b, &format!("exit {code}"));
+        assert_eq!(got, code, "stderr: {err}");
+        assert_eq!(out, "");
+    }
+    // The container's init is PID 1 of its namespace: only a SIGKILL from
+    // outside kills it.
+    let token = format!("{}", 800000 + std::process::id() % 100000);
+    let script = format!("echo ready; sleep {token}; true");
+    let mut child = env
+        .berth(&["run", "--bundle", b.to_str().unwrap(), "--", "sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    child.stdout.take().unwrap().read_exact(&mut line).unwrap();
+    let init = processes_with(&script);
+    assert_eq!(init.len(), 1, "{init:?}");
+    assert_eq!(unsafe { libc::kill(init[0].0, libc::SIGKILL) }, 0);
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+}
+
+#[test]
+fn runtime_missing_or_non_executable_command() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let out = env.berth(&["run", "--bundle", b.to_str().unwrap(), "--", "no-such-cmd"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(127));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no-such-cmd") && err.lines().count() == 1, "{err}");
+    fs::write(b.join("rootfs/bin/notexec"), "#!/bin/sh\n").unwrap();
+    let out = env.berth(&["run", "--bundle", b.to_str().unwrap(), "--", "/bin/notexec"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(126));
+    let out = env.berth(&["run", "--bundle", "/nonexistent", "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn runtime_sigterm_to_berth_reaches_main() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let mut child = env
+        .berth(&["run", "--bundle", b.to_str().unwrap(), "--", "sh", "-c", "trap 'exit 143' TERM; echo ready; while true; do sleep 0.05; done"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut line = [0u8; 6];
+    out.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"ready\n");
+    let pid = berth_pid(&child);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let st = child.wait().unwrap();
+    assert_eq!(st.code(), Some(143));
+}
+
+#[test]
+fn runtime_berth_sigkilled_leaves_no_process() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let web = env.bundle("web");
+    let token = format!("{}", 700000 + std::process::id() % 100000);
+    let mut child = env
+        .berth(&[
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--sidecar-bundle",
+            &format!("side={}", web.display()),
+            &format!("--sidecar-cmd=side=sleep {token}"),
+            "--",
+            "sh",
+            "-c",
+            &format!("echo ready; sleep {token}"),
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut line = [0u8; 6];
+    out.read_exact(&mut line).unwrap();
+    wait_for("both sleeps", Duration::from_secs(10), || processes_with(&format!("sleep {token}")).len() >= 2);
+    let pid = berth_pid(&child);
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    let needle = env.path().to_string_lossy().into_owned();
+    wait_for("the pod to vanish", Duration::from_secs(5), || {
+        processes_with(&format!("sleep {token}")).is_empty() && processes_with(&needle).is_empty()
+    });
+    // The next berth command removes the dead pod's state.
+    let pods = env.path().join("run/pods");
+    assert_eq!(fs::read_dir(&pods).unwrap().count(), 1);
+    let (code, _, err) = env.sh(&b, "true");
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(fs::read_dir(&pods).unwrap().count(), 0);
+}
+
+#[test]
+fn runtime_two_pods_at_once() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let start = |name: &str| {
+        env.berth(&["run", "--name", name, "--bundle", b.to_str().unwrap(), "--", "sh", "-c", "sleep 0.5; hostname; echo $$"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (a, c) = (start("pod-a"), start("pod-b"));
+    let (oa, ob) = (a.wait_with_output().unwrap(), c.wait_with_output().unwrap());
+    assert!(oa.status.success() && ob.status.success());
+    assert_eq!(String::from_utf8_lossy(&oa.stdout), "pod-a\n1\n");
+    assert_eq!(String::from_utf8_lossy(&ob.stdout), "pod-b\n1\n");
+    // A name in use is refused while its pod runs.
+    let mut long = start("pod-c");
+    std::thread::sleep(Duration::from_millis(200));
+    let dup = env.berth(&["run", "--name", "pod-c", "--bundle", b.to_str().unwrap(), "--", "true"]).output().unwrap();
+    assert_eq!(dup.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already running"));
+    assert!(long.wait().unwrap().success());
+}
+
+#[test]
+fn runtime_sidecar_reachable_by_name_and_workspace_shared() {
+    let env = Env::new();
+    let main = env.bundle("main");
+    let web = env.bundle("web");
+    let ws = env.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    fs::write(ws.join("hello.txt"), "hello from the workspace\n").unwrap();
+    chown_r(&ws);
+    let out = env
+        .berth(&[
+            "run",
+            "--workspace",
+            ws.to_str().unwrap(),
+            "--bundle",
+            main.to_str().unwrap(),
+            "--sidecar-bundle",
+            &format!("web={}", web.display()),
+            "--sidecar-cmd=web=httpd -f -v -p 8080 -h /workspace",
+            "--",
+            "sh",
+            "-c",
+            "for i in $(seq 100); do wget -q -O /workspace/got http://web:8080/hello.txt && break; sleep 0.05; done; \
+             mkdir /workspace/dir; cat /workspace/got; exit 7",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the workspace\n");
+    // Sidecar output goes to stderr with its name, never to stdout.
+    assert!(err.contains("[web] "), "{err}");
+    let (uid, _) = user_ids();
+    for f in ["got", "dir"] {
+        assert_eq!(fs::metadata(ws.join(f)).unwrap().uid(), uid, "{f} belongs to the invoking user");
+    }
+}
+
+#[test]
+fn runtime_container_is_isolated() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    // uid 0 inside; only its own processes; lo up; no mounting; the pod name.
+    let (code, out, err) = env.sh(
+        &b,
+        "id -u; ls /proc | grep -c '^[0-9]'; cat /sys/class/net/lo/flags; \
+         if mount -t tmpfs none /tmp 2>/dev/null; then echo mounted; else echo no-mount; fi; \
+         touch /tmp/x && echo writable",
+    );
+    assert_eq!(code, 0, "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "0");
+    let procs: u32 = lines[1].parse().unwrap();
+    assert!(procs <= 4, "sees {procs} processes: {out}");
+    let flags = u32::from_str_radix(lines[2].trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(flags & 1, 1, "lo is up");
+    assert_eq!(lines[3], "no-mount");
+    assert_eq!(lines[4], "writable");
+    // Its root on the host is the invoking user.
+    let (uid, _) = user_ids();
+    let ws = env.path().join("ws");
+    fs::create_dir(&ws).unwrap();
+    chown_r(&ws);
+    let out = env
+        .berth(&["run", "--workspace", ws.to_str().unwrap(), "--bundle", b.to_str().unwrap(), "--", "touch", "/workspace/f"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(fs::metadata(ws.join("f")).unwrap().uid(), uid);
+}
