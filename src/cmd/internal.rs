@@ -21,9 +21,12 @@ pub enum Internal {
     Pod { state_dir: PathBuf },
     /// Remove a tree as uid 0 of a mapped user namespace.
     Rmtree { path: PathBuf },
+    /// Unpack image layers into the layer cache, inside the user namespace
+    /// the pods use (see `cmd::provision`).
+    Unpack { job: PathBuf },
 }
 
-pub fn run(_g: &Global, a: InternalArgs) -> anyhow::Result<u8> {
+pub fn run(g: &Global, a: InternalArgs) -> anyhow::Result<u8> {
     match a.what {
         Internal::Pod { state_dir } => match runtime::podinit::run(&state_dir) {
             Ok(code) => Ok(code),
@@ -35,6 +38,7 @@ pub fn run(_g: &Global, a: InternalArgs) -> anyhow::Result<u8> {
                 Ok(code)
             }
         },
+        Internal::Unpack { job } => super::provision::unpack_job(g, &job),
         Internal::Rmtree { path } => {
             runtime::cleanup::rmtree_in_namespace(&path)?;
             Ok(0)

@@ -5,5 +5,6 @@ pub mod bundle;
 pub mod images;
 pub mod internal;
 pub mod pods;
+pub mod provision;
 pub mod pull;
 pub mod run;

@@ -1,0 +1,206 @@
+//! What `berth run` and `berth bundle` share: images into the store (pulling
+//! what is missing) and their layers into the unpacked-layer cache.
+//!
+//! Layers are unpacked by a re-executed berth (`__internal unpack`) inside a
+//! user namespace with exactly the mapping the pod will use, so a file owned
+//! by uid 1000 in the image is owned by the mapped id on disk.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+
+use crate::cli::Global;
+use crate::config::Registries;
+use crate::digest::Digest;
+use crate::layers::{self, LayerCache, LayerSource};
+use crate::progress::{Mode, Progress};
+use crate::pull::{self, PullOptions};
+use crate::reference::{self, ImageRef};
+use crate::store::{Image, Platform, Store};
+use crate::unpack::IdPolicy;
+use crate::userns::{self, IdMapping};
+
+/// How images are found or fetched.
+#[derive(Debug, Clone)]
+pub struct Fetch {
+    pub platform: Option<String>,
+    pub tls_verify: bool,
+    pub quiet: bool,
+}
+
+/// The store, the id mapping and the layer cache for that mapping.
+pub struct Provision {
+    pub store: Store,
+    pub mapping: IdMapping,
+    pub cache: LayerCache,
+    root: PathBuf,
+    key: String,
+    ids: IdPolicy,
+    verbose: u8,
+}
+
+impl Provision {
+    /// Opens the store and the layer cache for the invoking user's mapping.
+    /// `squash_ids` maps every owner to the user even where a range exists.
+    pub fn open(g: &Global, squash_ids: bool) -> anyhow::Result<Provision> {
+        let root = g.paths().root;
+        let store = Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))?;
+        let mapping = IdMapping::for_current_user()?;
+        let ids = ids_policy(&mapping, squash_ids);
+        let key = cache_key(&mapping, ids);
+        let cache = LayerCache::open(&root, &key, ids)?;
+        Ok(Provision { store, mapping, cache, root, key, ids, verbose: g.verbose })
+    }
+
+    /// Each image, from the store if it is there, else pulled (one async
+    /// runtime for all, dropped before returning: the caller may go on to
+    /// create namespaces, which needs a single-threaded process).
+    pub fn images(&self, refs: &[String], fetch: &Fetch) -> anyhow::Result<Vec<Image>> {
+        let registries = Registries::load()?;
+        let mut out = Vec::with_capacity(refs.len());
+        let mut missing = Vec::new();
+        for (i, r) in refs.iter().enumerate() {
+            let parsed = reference::parse(r)?;
+            match self.stored(&parsed, &registries)? {
+                Some(image) => out.push(Some(image)),
+                None => {
+                    out.push(None);
+                    missing.push((i, parsed));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let platform = fetch.platform.as_deref().map(Platform::parse).transpose()?;
+            let opts = PullOptions { platform, tls_verify: fetch.tls_verify, ..PullOptions::default() };
+            let progress = Progress::new(Mode::detect(fetch.quiet));
+            let rt = super::pull::runtime()?;
+            for (i, parsed) in missing {
+                let record = rt
+                    .block_on(pull::pull(&self.store, &parsed, &opts, &progress))
+                    .with_context(|| format!("pull {}", refs[i]))?;
+                out[i] = Some(self.store.image_of(record)?);
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    /// A stored image by any of the names `r` could mean.
+    fn stored(&self, r: &ImageRef, registries: &Registries) -> anyhow::Result<Option<Image>> {
+        let ImageRef::Registry(r) = r else {
+            // Layouts and archives are cheap to import, and may have changed.
+            return Ok(None);
+        };
+        for name in registries.candidates(r).iter().map(|c| c.name()) {
+            if let Some(record) = self.store.lookup(&name)? {
+                return Ok(Some(self.store.image_of(record)?));
+            }
+        }
+        Ok(None)
+    }
+
+    /// The cached layer directories of `image`, bottom first, unpacking the
+    /// missing ones in the pod's user namespace.
+    pub fn layers(&self, image: &Image) -> anyhow::Result<Vec<PathBuf>> {
+        let dirs: Vec<PathBuf> = image.layers.iter().map(|l| self.cache.layer_dir(&l.diff_id)).collect();
+        if dirs.iter().all(|d| d.is_dir()) {
+            return Ok(dirs);
+        }
+        let job = UnpackJob {
+            key: self.key.clone(),
+            keep: match self.ids {
+                IdPolicy::Keep { max_uid, max_gid } => Some((max_uid, max_gid)),
+                IdPolicy::Squash => None,
+            },
+            layers: image
+                .layers
+                .iter()
+                .map(|l| JobLayer { blob: l.path.clone(), media_type: l.media_type.clone(), diff_id: l.diff_id.clone() })
+                .collect(),
+        };
+        self.unpack_in_namespace(&job).with_context(|| format!("unpack {}", image.record.name))?;
+        Ok(dirs)
+    }
+
+    fn unpack_in_namespace(&self, job: &UnpackJob) -> anyhow::Result<()> {
+        let tmp = self.cache.dir().join(format!(".job-{}.json", std::process::id()));
+        std::fs::write(&tmp, serde_json::to_vec(job)?).with_context(|| format!("writing {}", tmp.display()))?;
+        let mut args: Vec<OsString> = Vec::new();
+        if self.verbose > 0 {
+            args.push(format!("-{}", "v".repeat(self.verbose.min(3) as usize)).into());
+        }
+        args.extend(["--root".into(), self.root.clone().into_os_string()]);
+        args.extend(["__internal".into(), "unpack".into(), tmp.clone().into_os_string()]);
+        let opts = userns::SpawnOptions {
+            parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
+            ..Default::default()
+        };
+        let result = userns::spawn(&self.mapping, Path::new("/proc/self/exe"), &args, &opts)
+            .map_err(anyhow::Error::new)
+            .and_then(|pid| loop {
+                match nix::sys::wait::waitpid(pid, None) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => break Err(anyhow::Error::new(e)),
+                    Ok(status) => break Ok(crate::exit::from_wait(status)),
+                }
+            });
+        let _ = std::fs::remove_file(&tmp);
+        match result? {
+            Some(0) => Ok(()),
+            // The child already said why on stderr, in one line.
+            Some(code) => Err(anyhow::anyhow!("the unpacking process failed (status {code})")),
+            None => Err(anyhow::anyhow!("the unpacking process ended abnormally")),
+        }
+    }
+}
+
+/// What the unpacking process is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct UnpackJob {
+    pub key: String,
+    /// `(max_uid, max_gid)` to keep the image's owners; `None` squashes them.
+    pub keep: Option<(u32, u32)>,
+    pub layers: Vec<JobLayer>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct JobLayer {
+    pub blob: PathBuf,
+    pub media_type: String,
+    pub diff_id: Digest,
+}
+
+/// `__internal unpack JOB`: runs inside the user namespace.
+pub fn unpack_job(g: &Global, job_file: &Path) -> anyhow::Result<u8> {
+    let job: UnpackJob = serde_json::from_slice(&std::fs::read(job_file)?)?;
+    let root = g.paths().root;
+    let ids = match job.keep {
+        Some((max_uid, max_gid)) => IdPolicy::Keep { max_uid, max_gid },
+        None => IdPolicy::Squash,
+    };
+    let cache = LayerCache::open(&root, &job.key, ids)?;
+    let sources: Vec<LayerSource> = job
+        .layers
+        .into_iter()
+        .map(|l| LayerSource { blob: l.blob, media_type: l.media_type, diff_id: l.diff_id })
+        .collect();
+    cache.ensure(&sources)?;
+    Ok(0)
+}
+
+fn ids_policy(mapping: &IdMapping, squash: bool) -> IdPolicy {
+    if squash || !mapping.is_full() {
+        return IdPolicy::Squash;
+    }
+    let max = |rs: &[userns::IdRange]| rs.iter().map(|r| r.container + (r.count - 1)).max().unwrap_or(0);
+    IdPolicy::Keep { max_uid: max(&mapping.uids), max_gid: max(&mapping.gids) }
+}
+
+fn cache_key(mapping: &IdMapping, ids: IdPolicy) -> String {
+    let conv = |rs: &[userns::IdRange]| {
+        rs.iter().map(|r| layers::IdRange { inside: r.container, outside: r.host, count: r.count }).collect::<Vec<_>>()
+    };
+    let rootless = !nix::unistd::Uid::current().is_root();
+    layers::mapping_key(rootless, &conv(&mapping.uids), &conv(&mapping.gids), ids)
+}
