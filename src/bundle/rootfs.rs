@@ -84,3 +84,139 @@ fn create(root: &Root, rootfs: &Path, path: &'static str, want: Kind) -> Result<
 fn err(rootfs: &Path, op: &'static str, path: &'static str, source: pathrs::error::Error) -> BundleError {
     BundleError::Rootfs { rootfs: rootfs.to_path_buf(), op, path, source }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+
+    /// A rootfs inside a sandbox directory with "host" files next to it;
+    /// returns (sandbox, rootfs).
+    fn sandbox() -> (tempfile::TempDir, std::path::PathBuf) {
+        let sb = tempfile::tempdir().unwrap();
+        let rootfs = sb.path().join("rootfs");
+        fs::create_dir(&rootfs).unwrap();
+        for d in ["host/etc", "host/dev", "host/proc"] {
+            fs::create_dir_all(sb.path().join(d)).unwrap();
+        }
+        fs::write(sb.path().join("host/etc/hosts"), "HOST").unwrap();
+        fs::write(sb.path().join("host/dev/null"), "HOST").unwrap();
+        (sb, rootfs)
+    }
+
+    /// Every path and its contents under `dir`, symlinks not followed.
+    fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = fs::symlink_metadata(&p).unwrap();
+                let what = if m.is_dir() {
+                    stack.push(p.clone());
+                    "dir".to_string()
+                } else if m.file_type().is_symlink() {
+                    format!("-> {}", fs::read_link(&p).unwrap().display())
+                } else {
+                    fs::read_to_string(&p).unwrap_or_default()
+                };
+                out.push((p, what));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn check_prepared(rootfs: &Path) {
+        for d in DIRS {
+            let m = fs::symlink_metadata(rootfs.join(&d[1..])).unwrap();
+            assert!(m.is_dir(), "{d} should be a directory");
+        }
+        for f in FILES {
+            let m = fs::symlink_metadata(rootfs.join(&f[1..])).unwrap();
+            assert!(m.is_file(), "{f} should be a regular file");
+        }
+    }
+
+    #[test]
+    fn empty_rootfs_gets_everything() {
+        let (_sb, rootfs) = sandbox();
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+        // Idempotent.
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+    }
+
+    #[test]
+    fn existing_good_entries_are_kept_with_their_contents() {
+        let (_sb, rootfs) = sandbox();
+        fs::create_dir_all(rootfs.join("etc")).unwrap();
+        fs::create_dir_all(rootfs.join("dev/pts")).unwrap();
+        fs::write(rootfs.join("etc/hosts"), "127.0.0.1 image").unwrap();
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+        assert_eq!(fs::read_to_string(rootfs.join("etc/hosts")).unwrap(), "127.0.0.1 image");
+        assert!(rootfs.join("dev/pts").is_dir());
+    }
+
+    #[test]
+    fn hostile_symlinks_are_replaced_and_nothing_outside_is_touched() {
+        let (sb, rootfs) = sandbox();
+        let host = sb.path().join("host");
+        let abs_host = host.display().to_string();
+        fs::create_dir(rootfs.join("etc")).unwrap();
+        // Absolute escapes (to the real host paths and to the sandbox's
+        // "host"), relative escapes, a loop, and a dangling link.
+        symlink(format!("{abs_host}/dev"), rootfs.join("dev")).unwrap();
+        symlink("../../../../../../proc", rootfs.join("proc")).unwrap();
+        symlink("/sys", rootfs.join("sys")).unwrap();
+        symlink(format!("{abs_host}/etc/hosts"), rootfs.join("etc/hosts")).unwrap();
+        symlink("../../host/etc/hosts", rootfs.join("etc/resolv.conf")).unwrap();
+        symlink("hostname", rootfs.join("etc/hostname")).unwrap();
+        let before = snapshot(&host);
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+        assert_eq!(snapshot(&host), before);
+        assert_eq!(fs::read_to_string(host.join("etc/hosts")).unwrap(), "HOST");
+        assert!(Path::new("/proc/self").exists() && Path::new("/sys/kernel").exists());
+        assert_eq!(fs::read_dir(rootfs.join("dev")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn symlinked_etc_becomes_a_directory() {
+        let (sb, rootfs) = sandbox();
+        let host = sb.path().join("host");
+        symlink(host.join("etc"), rootfs.join("etc")).unwrap();
+        let before = snapshot(&host);
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+        assert_eq!(snapshot(&host), before);
+
+        // /etc -> /proc inside the root: /etc/hosts must not land in /proc.
+        let (_sb2, rootfs) = sandbox();
+        symlink("/proc", rootfs.join("etc")).unwrap();
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+        assert_eq!(fs::read_dir(rootfs.join("proc")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn wrong_kinds_are_replaced() {
+        let (_sb, rootfs) = sandbox();
+        fs::write(rootfs.join("proc"), "not a dir").unwrap();
+        fs::create_dir_all(rootfs.join("etc/hosts/sub")).unwrap();
+        fs::write(rootfs.join("etc/hosts/sub/x"), "x").unwrap();
+        nix::unistd::mkfifo(&rootfs.join("etc/hostname"), nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        prepare_rootfs(&rootfs).unwrap();
+        check_prepared(&rootfs);
+    }
+
+    #[test]
+    fn missing_rootfs_is_an_error() {
+        let (sb, _) = sandbox();
+        let e = prepare_rootfs(&sb.path().join("nope")).unwrap_err().to_string();
+        assert!(e.contains("nope"), "{e}");
+    }
+}

@@ -503,3 +503,222 @@ fn check_hostname(h: &str) -> Result<(), BundleError> {
 fn invalid(what: &'static str, why: String) -> BundleError {
     BundleError::Invalid { what, why }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn image(json: serde_json::Value) -> ImageConfiguration {
+        let mut full = serde_json::json!({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}});
+        full["config"] = json;
+        serde_json::from_value(full).unwrap()
+    }
+
+    fn busybox_like() -> (tempfile::TempDir, ImageConfiguration) {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join("etc")).unwrap();
+        fs::write(dir.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nwww:x:33:33::/var/www:/bin/false\n").unwrap();
+        fs::write(dir.path().join("etc/group"), "root:x:0:\nwheel:x:10:root\nwww:x:33:\n").unwrap();
+        let img = image(serde_json::json!({
+            "Entrypoint": ["/entry"], "Cmd": ["serve", "--port=80"],
+            "Env": ["PATH=/opt/bin:/bin", "LANG=C.UTF-8"], "WorkingDir": "/srv",
+            "Labels": {"org.example.version": "1.2", "": "dropped"}
+        }));
+        (dir, img)
+    }
+
+    fn args(spec: &Spec) -> Vec<String> {
+        spec.process().as_ref().unwrap().args().clone().unwrap()
+    }
+
+    fn env(spec: &Spec) -> Vec<String> {
+        spec.process().as_ref().unwrap().env().clone().unwrap()
+    }
+
+    #[test]
+    fn kubernetes_command_and_args_semantics() {
+        let (r, img) = busybox_like();
+        let s = |settings: ContainerSettings| args(&runtime_spec(&img, r.path(), &settings).unwrap());
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(s(ContainerSettings::new("c")), v(&["/entry", "serve", "--port=80"]));
+        // command replaces Entrypoint and drops Cmd.
+        assert_eq!(s(ContainerSettings::new("c").command(v(&["sh"]))), v(&["sh"]));
+        // args replace Cmd, Entrypoint kept.
+        assert_eq!(s(ContainerSettings::new("c").args(v(&["check"]))), v(&["/entry", "check"]));
+        assert_eq!(s(ContainerSettings::new("c").command(v(&["sh", "-c"])).args(v(&["id"]))), v(&["sh", "-c", "id"]));
+        // Empty lists are "not set".
+        assert_eq!(s(ContainerSettings::new("c").command(vec![]).args(vec![])), v(&["/entry", "serve", "--port=80"]));
+    }
+
+    #[test]
+    fn no_command_is_an_error() {
+        let r = tempfile::tempdir().unwrap();
+        let e = runtime_spec(&image(serde_json::json!({})), r.path(), &ContainerSettings::new("c")).unwrap_err();
+        assert_eq!(e.to_string(), "image has no command (no Entrypoint or Cmd, and none given)");
+        let e = runtime_spec(&image(serde_json::json!({"Cmd": [""]})), r.path(), &ContainerSettings::new("c")).unwrap_err();
+        assert!(matches!(e, BundleError::NoCommand));
+        // An image without any config section at all.
+        let bare: ImageConfiguration = serde_json::from_value(serde_json::json!(
+            {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
+        ))
+        .unwrap();
+        assert!(matches!(runtime_spec(&bare, r.path(), &ContainerSettings::new("c")), Err(BundleError::NoCommand)));
+        let spec = runtime_spec(&bare, r.path(), &ContainerSettings::new("c").command(vec!["true".into()])).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().cwd(), Path::new("/"));
+    }
+
+    #[test]
+    fn env_merge() {
+        let (r, img) = busybox_like();
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("web").env("LANG", "de_DE").env("EXTRA", "a=b").terminal(true)).unwrap();
+        assert_eq!(
+            env(&spec),
+            ["PATH=/opt/bin:/bin", "LANG=de_DE", "EXTRA=a=b", "HOSTNAME=web", "TERM=xterm", "HOME=/root"]
+        );
+        // Defaults when the image has none; no TERM without a terminal.
+        let spec = runtime_spec(&image(serde_json::json!({"Cmd": ["x"]})), r.path(), &ContainerSettings::new("h")).unwrap();
+        assert_eq!(env(&spec), [format!("PATH={DEFAULT_PATH}"), "HOSTNAME=h".into(), "HOME=/root".into()]);
+        for (k, v) in [("", "x"), ("A=B", "x"), ("A", "x\0y")] {
+            assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("h").env(k, v)).is_err(), "{k:?}={v:?}");
+        }
+    }
+
+    #[test]
+    fn working_dir_user_and_annotations() {
+        let (r, img) = busybox_like();
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c")).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.cwd(), Path::new("/srv"));
+        assert_eq!((p.user().uid(), p.user().gid(), p.user().additional_gids().clone()), (0, 0, Some(vec![10])));
+        let ann = spec.annotations().clone().unwrap();
+        assert_eq!(ann.len(), 1);
+        assert_eq!(ann["org.example.version"], "1.2");
+
+        let settings = ContainerSettings::new("c").working_dir("/tmp").user(UserSpec::parse("www").unwrap());
+        let spec = runtime_spec(&img, r.path(), &settings).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        assert_eq!((p.user().uid(), p.user().gid(), p.user().additional_gids().clone()), (33, 33, None));
+        assert!(env(&spec).contains(&"HOME=/var/www".to_string()));
+
+        // The image's USER, by name; unknown names are errors naming them.
+        let img2 = image(serde_json::json!({"Cmd": ["x"], "User": "www:wheel"}));
+        let u = runtime_spec(&img2, r.path(), &ContainerSettings::new("c")).unwrap().process().clone().unwrap();
+        assert_eq!((u.user().uid(), u.user().gid()), (33, 10));
+        let img3 = image(serde_json::json!({"Cmd": ["x"], "User": "ghost"}));
+        let e = runtime_spec(&img3, r.path(), &ContainerSettings::new("c")).unwrap_err().to_string();
+        assert!(e.contains("ghost"), "{e}");
+        // Single-id mappings get no supplementary groups.
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").id_mapping(IdMapping::InheritedSingleId)).unwrap();
+        assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &None);
+
+        assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("c").working_dir("rel")).is_err());
+        for h in ["", "a/b", "a b", &"x".repeat(65)] {
+            assert!(runtime_spec(&img, r.path(), &ContainerSettings::new(h)).is_err(), "{h:?}");
+        }
+    }
+
+    #[test]
+    fn security_defaults() {
+        let (r, img) = busybox_like();
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c")).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.no_new_privileges(), Some(true));
+        let caps = p.capabilities().as_ref().unwrap();
+        assert_eq!(caps.bounding().as_ref().unwrap().len(), 14);
+        assert_eq!(caps.bounding(), caps.effective());
+        assert_eq!(caps.bounding(), caps.permitted());
+        assert!(caps.inheritable().as_ref().unwrap().is_empty());
+        assert!(caps.ambient().is_none());
+        assert!(!caps.bounding().as_ref().unwrap().contains(&Capability::SysAdmin));
+        let nofile = &p.rlimits().as_ref().unwrap()[0];
+        let (_, host_hard) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+        assert_eq!((nofile.soft(), nofile.hard()), (host_hard.min(DEFAULT_NOFILE), host_hard.min(DEFAULT_NOFILE)));
+
+        let linux = spec.linux().as_ref().unwrap();
+        assert!(linux.devices().is_none() && linux.resources().is_none());
+        assert_eq!(linux.masked_paths().as_ref().unwrap().len(), MASKED_PATHS.len());
+        assert!(linux.readonly_paths().as_ref().unwrap().contains(&"/proc/sys".to_string()));
+        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        use LinuxNamespaceType::*;
+        assert_eq!(ns, [Pid, Network, Ipc, Uts, Mount, Cgroup]);
+        assert!(linux.seccomp().is_some());
+        assert_eq!(spec.hostname().as_deref(), Some("c"));
+
+        let dests: Vec<_> = spec.mounts().as_ref().unwrap().iter().map(|m| m.destination().to_str().unwrap().to_string()).collect();
+        assert_eq!(dests, ["/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys"]);
+    }
+
+    fn mount_of<'a>(spec: &'a Spec, dest: &str) -> &'a Mount {
+        spec.mounts().as_ref().unwrap().iter().find(|m| m.destination() == Path::new(dest)).unwrap()
+    }
+
+    #[test]
+    fn mappings_network_and_mount_variants() {
+        let (r, img) = busybox_like();
+        let has = |m: &Mount, o: &str| m.options().as_ref().unwrap().iter().any(|x| x == o);
+
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c")).unwrap();
+        assert!(has(mount_of(&spec, "/dev/pts"), "gid=5"));
+        assert_eq!(mount_of(&spec, "/sys").typ().as_deref(), Some("sysfs"));
+
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").id_mapping(IdMapping::rootless_self()).network(Network::Host)).unwrap();
+        assert!(!has(mount_of(&spec, "/dev/pts"), "gid=5"));
+        let sys = mount_of(&spec, "/sys");
+        assert!(has(sys, "rbind") && has(sys, "ro"));
+        let linux = spec.linux().as_ref().unwrap();
+        let ns: Vec<_> = linux.namespaces().as_ref().unwrap().iter().map(|n| n.typ()).collect();
+        assert!(ns.contains(&LinuxNamespaceType::User) && !ns.contains(&LinuxNamespaceType::Network));
+        assert_eq!(linux.uid_mappings().as_ref().unwrap()[0].host_id(), nix::unistd::geteuid().as_raw());
+        // A single gid: no supplementary groups.
+        assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &None);
+
+        // A full mapping keeps gid=5 and the groups it covers.
+        let full = IdMapping::Private { uid: vec![id_map(0, 1000, 1), id_map(1, 100000, 65536)], gid: vec![id_map(0, 1000, 1), id_map(1, 100000, 65536)] };
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").id_mapping(full)).unwrap();
+        assert!(has(mount_of(&spec, "/dev/pts"), "gid=5"));
+        assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &Some(vec![10]));
+
+        // An extra mount replaces a default at the same place.
+        let mut shm = Mount::default();
+        shm.set_destination("/dev/shm".into());
+        shm.set_typ(Some("tmpfs".into()));
+        shm.set_options(Some(vec!["size=1g".into()]));
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").mount(shm.clone())).unwrap();
+        assert_eq!(mount_of(&spec, "/dev/shm"), &shm);
+        assert_eq!(spec.mounts().as_ref().unwrap().len(), 6);
+    }
+
+    #[test]
+    fn namespace_helpers() {
+        let (r, img) = busybox_like();
+        let mut spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c")).unwrap();
+        remove_namespace(&mut spec, LinuxNamespaceType::Uts);
+        set_namespace(&mut spec, LinuxNamespaceType::Network, Some("/run/netns/pod".into()));
+        set_namespace(&mut spec, LinuxNamespaceType::Time, None);
+        let ns = spec.linux().as_ref().unwrap().namespaces().clone().unwrap();
+        assert!(!ns.iter().any(|n| n.typ() == LinuxNamespaceType::Uts));
+        let net = ns.iter().find(|n| n.typ() == LinuxNamespaceType::Network).unwrap();
+        assert_eq!(net.path().as_deref(), Some(Path::new("/run/netns/pod")));
+        assert_eq!(ns.iter().filter(|n| n.typ() == LinuxNamespaceType::Network).count(), 1);
+        assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Time));
+    }
+
+    #[test]
+    fn config_json_round_trips_and_is_atomic() {
+        let (r, img) = busybox_like();
+        let settings = ContainerSettings::new("c").command(vec!["x".into()]).user(UserSpec::ids(5, Some(5)));
+        let spec = runtime_spec(&img, r.path(), &settings).unwrap();
+        let bundle = tempfile::tempdir().unwrap();
+        crate::bundle::write_config(bundle.path(), &spec).unwrap();
+        let back = Spec::load(bundle.path().join("config.json")).unwrap();
+        assert_eq!(back, spec);
+        let names: Vec<_> = fs::read_dir(bundle.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["config.json"]);
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(bundle.path().join("config.json")).unwrap().permissions().mode() & 0o777, 0o600);
+        // Into a missing directory: an error, nothing left behind.
+        assert!(crate::bundle::write_config(&bundle.path().join("missing"), &spec).is_err());
+    }
+}

@@ -121,3 +121,64 @@ fn arg(index: usize, op: LinuxSeccompOperator, value: u64, value_two: Option<u64
     // Every field has a default (`#[builder(default)]`): build cannot fail.
     b.build().expect("LinuxSeccompArg has defaults for all fields")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules_for<'a>(p: &'a LinuxSeccomp, name: &str) -> Vec<&'a LinuxSyscall> {
+        p.syscalls().as_ref().unwrap().iter().filter(|s| s.names().iter().any(|n| n == name)).collect()
+    }
+
+    fn unconditionally_allowed(p: &LinuxSeccomp, name: &str) -> bool {
+        rules_for(p, name).iter().any(|r| r.action() == LinuxSeccompAction::ScmpActAllow && r.args().is_none())
+    }
+
+    #[test]
+    fn default_profile_shape() {
+        let p = default_seccomp();
+        assert_eq!(p.default_action(), LinuxSeccompAction::ScmpActErrno);
+        assert_eq!(p.default_errno_ret(), Some(libc::EPERM as u32));
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(p.architectures().as_deref(), Some(&[Arch::ScmpArchX86_64, Arch::ScmpArchX86, Arch::ScmpArchX32][..]));
+        for name in ["read", "write", "execve", "exit_group", "openat", "wait4", "chroot", "setuid"] {
+            assert!(unconditionally_allowed(&p, name), "{name} should be allowed");
+        }
+        #[cfg(target_arch = "x86_64")]
+        assert!(unconditionally_allowed(&p, "arch_prctl"));
+        // Not allowed at all without the capability (the default action).
+        for name in ["kexec_load", "mount", "umount2", "unshare", "setns", "bpf", "ptrace_bogus", "reboot", "init_module", "open_by_handle_at", "keyctl", "add_key"] {
+            assert!(rules_for(&p, name).is_empty(), "{name} should fall to the default action");
+        }
+        // clone: only without namespace flags; clone3: ENOSYS.
+        let clone = rules_for(&p, "clone");
+        assert_eq!(clone.len(), 2);
+        assert!(clone.iter().all(|r| r.args().as_ref().unwrap()[0].op() == LinuxSeccompOperator::ScmpCmpMaskedEq));
+        let clone3 = rules_for(&p, "clone3");
+        assert_eq!(clone3.len(), 1);
+        assert_eq!((clone3[0].action(), clone3[0].errno_ret()), (LinuxSeccompAction::ScmpActErrno, Some(libc::ENOSYS as u32)));
+        assert_eq!(rules_for(&p, "personality").len(), 5);
+        // The whole profile serialises as the runtime spec has it.
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["defaultAction"], "SCMP_ACT_ERRNO");
+        assert_eq!(json["defaultErrnoRet"], 1);
+        assert!(json["syscalls"].as_array().unwrap().iter().any(|s| s["names"][0] == "clone3" && s["errnoRet"] == 38));
+        let back: LinuxSeccomp = serde_json::from_value(json).unwrap();
+        assert_eq!(back, p);
+    }
+
+    #[test]
+    fn sys_admin_unlocks_its_group() {
+        let mut caps = default_capabilities();
+        caps.insert(Capability::SysAdmin);
+        let p = seccomp_for(&caps);
+        for name in ["mount", "unshare", "setns", "clone", "clone3"] {
+            assert!(unconditionally_allowed(&p, name), "{name}");
+        }
+        assert!(rules_for(&p, "clone3").iter().all(|r| r.action() == LinuxSeccompAction::ScmpActAllow));
+        // Without CHROOT, chroot is gone.
+        let mut caps = default_capabilities();
+        caps.remove(&Capability::SysChroot);
+        assert!(rules_for(&seccomp_for(&caps), "chroot").is_empty());
+    }
+}
