@@ -36,10 +36,8 @@ pub enum ArchiveError {
     NoPlatform { path: PathBuf, platform: String, available: String },
     #[error("{}: blob {digest} is missing", path.display())]
     MissingBlob { path: PathBuf, digest: Digest },
-    #[error("{}: {what} {digest}: {source}", path.display())]
+    #[error("{what} {digest}")]
     Manifest { path: PathBuf, what: &'static str, digest: Digest, source: manifest::ManifestError },
-    #[error("{}: blob {digest}: {source}", path.display())]
-    Blob { path: PathBuf, digest: Digest, source: StoreError },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -138,7 +136,7 @@ fn import(store: &Store, src: &mut dyn Source, tag: Option<&str>, platform: &Pla
             Ok(fetched) => bar.done(fetched),
             Err(source) => {
                 bar.fail();
-                return Err(ArchiveError::Blob { path, digest: desc.digest.clone(), source });
+                return Err(ArchiveError::Store(source));
             }
         }
     }
@@ -192,7 +190,7 @@ fn image_name(path: &Path, tag: Option<&str>, ref_name: Option<&str>) -> String 
 /// Reads a manifest or index blob whole, checking its size and digest.
 fn read_small(src: &mut dyn Source, desc: &Descriptor, max: u64) -> Result<Vec<u8>, ArchiveError> {
     let path = src.path().to_path_buf();
-    let bad = |source: StoreError| ArchiveError::Blob { path: path.clone(), digest: desc.digest.clone(), source };
+    let bad = ArchiveError::Store;
     if desc.size > max {
         return Err(bad(StoreError::TooLarge { digest: desc.digest.clone(), limit: max }));
     }

@@ -56,16 +56,18 @@ pub enum PullError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Archive(#[from] ArchiveError),
-    #[error("{reference}: {source}")]
+    // Messages name what failed but not their `source`: anyhow prints the
+    // chain (`{:#}`), one cause after the other.
+    #[error("invalid manifest")]
     Manifest { reference: String, source: ManifestError },
-    #[error("{reference}: no image for platform {platform} (the index has {available})")]
+    #[error("no image for platform {platform} (the index has {available})")]
     NoPlatform { reference: String, platform: String, available: String },
-    #[error("{reference}: {what} {digest}: {source}")]
+    #[error("{what} {digest}")]
     Blob { reference: String, what: &'static str, digest: Digest, source: BlobError },
     /// Every search registry failed for a short name.
     #[error("{name}: {}", errors.join("; "))]
     Candidates { name: String, errors: Vec<String> },
-    #[error("{reference}: {reason}")]
+    #[error("{reason}")]
     Invalid { reference: String, reason: String },
     #[error("pull task failed: {0}")]
     Task(String),
@@ -80,10 +82,14 @@ pub enum BlobError {
     Store(StoreError),
     #[error("transfer cut short at {got} of {expected} bytes, {attempts} attempts")]
     Truncated { got: u64, expected: u64, attempts: u32 },
-    #[error("registry serves {served} bytes, the manifest says {expected}")]
+    #[error("size mismatch: the registry serves {served} bytes, the manifest says {expected}")]
     Size { served: u64, expected: u64 },
     #[error("registry ignored the requested offset {requested} and sent from {offset}")]
     Offset { requested: u64, offset: u64 },
+    #[error("digest mismatch: the content hashes to {actual}")]
+    Digest { actual: Digest },
+    #[error("size mismatch: {actual}{} bytes, the manifest says {expected}", if *at_least { " or more" } else { "" })]
+    Mismatch { actual: u64, expected: u64, at_least: bool },
 }
 
 /// Pulls any reference berth accepts: a registry image, `oci:DIR[:TAG]` or
@@ -323,7 +329,7 @@ impl Job {
             }
             Err(PullError::Store(e)) => {
                 bar.fail();
-                Err(wrap(BlobError::Store(e)))
+                Err(wrap(BlobError::from(e)))
             }
             Err(e) => Err(e),
         }
@@ -348,13 +354,13 @@ impl Job {
                 return Err(BlobError::Offset { requested: offset, offset: blob.offset });
             }
             // The server ignored Range: start over.
-            w.restart().map_err(BlobError::Store)?;
+            w.restart()?;
             bar.start(0);
         }
         while let Some(chunk) = blob.body.next().await {
             match chunk {
                 Ok(bytes) => {
-                    w.write(&bytes).map_err(BlobError::Store)?;
+                    w.write(&bytes)?;
                     bar.advance(bytes.len() as u64);
                 }
                 Err(e) if e.is_retryable() => return Ok(Some(e.to_string())),
@@ -362,6 +368,17 @@ impl Job {
             }
         }
         Ok(None)
+    }
+}
+
+impl From<StoreError> for BlobError {
+    /// The blob is named by the error around this one: only say what is wrong.
+    fn from(e: StoreError) -> BlobError {
+        match e {
+            StoreError::DigestMismatch { actual, .. } => BlobError::Digest { actual },
+            StoreError::SizeMismatch { expected, actual, at_least, .. } => BlobError::Mismatch { actual, expected, at_least },
+            other => BlobError::Store(other),
+        }
     }
 }
 

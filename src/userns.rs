@@ -451,4 +451,35 @@ mod tests {
         assert_eq!(single.key(), "u1000_g1000");
         assert_eq!(single.host_uid(1), None);
     }
+
+    /// A real child in new user + PID namespaces (tests run as root, which
+    /// may write any mapping directly).
+    #[test]
+    fn spawn_maps_before_exec_and_reports_exec_failure() {
+        if !Uid::effective().is_root() {
+            return; // CI runs tests as root; an ordinary user needs ranges
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
+        // The child's root is host uid 200000: let it write here.
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let m = IdMapping {
+            uids: vec![IdRange { container: 0, host: 200000, count: 1 }, IdRange { container: 1, host: 300000, count: 10 }],
+            gids: vec![IdRange { container: 0, host: 200000, count: 11 }],
+        };
+        let script = format!("echo $$ $(id -u) $(id -g) > {}; cat /proc/self/uid_map >> {}", out.display(), out.display());
+        let opts = SpawnOptions { extra_namespaces: CloneFlags::CLONE_NEWPID, parent_death_signal: Some(Signal::SIGKILL), keep_fds: vec![] };
+        let pid = spawn(&m, Path::new("/bin/sh"), &["-c".into(), script.into()], &opts).unwrap();
+        let st = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 0));
+        let text = fs::read_to_string(&out).unwrap();
+        let mut lines = text.lines();
+        assert_eq!(lines.next(), Some("1 0 0"), "PID 1, uid and gid 0");
+        let maps: Vec<Vec<&str>> = lines.map(|l| l.split_whitespace().collect()).collect();
+        assert_eq!(maps, vec![vec!["0", "200000", "1"], vec!["1", "300000", "10"]]);
+
+        let err = spawn(&m, Path::new("/nonexistent/prog"), &[], &SpawnOptions::default()).unwrap_err();
+        assert!(matches!(err, UsernsError::Exec { ref source, .. } if source.kind() == io::ErrorKind::NotFound), "{err}");
+    }
 }

@@ -79,6 +79,16 @@ impl Env {
         b
     }
 
+    /// Sets the bundle's `process.args`.
+    fn set_args(&self, bundle: &Path, args: &[&str]) {
+        let path = bundle.join("config.json");
+        let mut spec = oci_spec::runtime::Spec::load(&path).unwrap();
+        let mut process = spec.process().clone().unwrap();
+        process.set_args(Some(args.iter().map(|a| a.to_string()).collect()));
+        spec.set_process(Some(process));
+        spec.save(&path).unwrap();
+    }
+
     /// `berth ARGS` as berthtest.
     fn berth(&self, args: &[&str]) -> Command {
         let mut c = Command::new("runuser");
@@ -210,9 +220,14 @@ fn runtime_exit_codes_and_signals_pass_through() {
         .unwrap();
     let mut line = [0u8; 6];
     child.stdout.take().unwrap().read_exact(&mut line).unwrap();
-    let init = processes_with(&script);
-    assert_eq!(init.len(), 1, "{init:?}");
-    assert_eq!(unsafe { libc::kill(init[0].0, libc::SIGKILL) }, 0);
+    // busybox sh forks for `sleep` without exec: the init is the oldest.
+    let init: Vec<_> = processes_with(&script).into_iter().filter(|(_, cmd)| cmd.starts_with("sh -c")).collect();
+    let init = init.iter().map(|(pid, _)| *pid).min();
+    let Some(init) = init else {
+        let _ = child.kill();
+        panic!("no container init found");
+    };
+    assert_eq!(unsafe { libc::kill(init, libc::SIGKILL) }, 0);
     assert_eq!(child.wait().unwrap().code(), Some(137));
 }
 
@@ -387,4 +402,66 @@ fn runtime_container_is_isolated() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(fs::metadata(ws.join("f")).unwrap().uid(), uid);
+}
+
+#[test]
+fn runtime_ps_exec_logs_stop_rm() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let side = env.bundle("side");
+    env.set_args(&side, &["sh", "-c", "echo side-hello; sleep 60"]);
+    let mut child = env
+        .berth(&[
+            "run",
+            "--name",
+            "pp",
+            "--grace",
+            "1",
+            "--bundle",
+            b.to_str().unwrap(),
+            "--sidecar-bundle",
+            &format!("side={}", side.display()),
+            "--",
+            "sh",
+            "-c",
+            "echo ready; sleep 60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = [0u8; 6];
+    child.stdout.take().unwrap().read_exact(&mut line).unwrap();
+
+    let ps = env.berth(&["ps"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    assert!(ps.lines().any(|l| l.starts_with("pp\trunning\tside,main")), "{ps}");
+
+    wait_for("the sidecar's log", Duration::from_secs(5), || {
+        let out = env.berth(&["logs", "pp", "side"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout) == "side-hello\n"
+    });
+
+    let ex = env.berth(&["exec", "pp", "main", "--", "sh", "-c", "hostname; cat /proc/1/cmdline; exit 5"]).output().unwrap();
+    assert_eq!(ex.status.code(), Some(5), "{}", String::from_utf8_lossy(&ex.stderr));
+    // busybox sh execs its last command: PID 1 is `sleep`.
+    assert_eq!(String::from_utf8_lossy(&ex.stdout), "pp\nsleep\060\0");
+    let ex = env.berth(&["exec", "pp", "nope", "--", "true"]).output().unwrap();
+    assert_eq!(ex.status.code(), Some(125));
+
+    let rm = env.berth(&["rm", "pp"]).output().unwrap();
+    assert_eq!(rm.status.code(), Some(125), "a running pod is not removed");
+
+    // The main shell (PID 1 of its namespace) ignores SIGTERM: killed after
+    // the grace period.
+    let t = Instant::now();
+    let stop = env.berth(&["stop", "pp"]).output().unwrap();
+    assert!(stop.status.success(), "{}", String::from_utf8_lossy(&stop.stderr));
+    assert_eq!(child.wait().unwrap().code(), Some(137));
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let ps = env.berth(&["ps", "-a"]).output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&ps.stdout).lines().count(), 1, "only the header");
+    let rm = env.berth(&["rm", "pp"]).output().unwrap();
+    assert_eq!(rm.status.code(), Some(125));
+    assert!(String::from_utf8_lossy(&rm.stderr).contains("no pod named"));
 }

@@ -10,7 +10,6 @@ use std::fs::File;
 
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::SigmaskHow;
-use nix::unistd::Pid;
 
 use super::container::{self, ContainerError};
 use super::launch::{wait_forwarding, LaunchError};
@@ -47,16 +46,41 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>) -> Result<u8, ExecError>
     let owner = dir.read_owner()?;
     let join_err = |e: std::io::Error| ExecError::Join(e);
     let open = |ns: &str| File::open(format!("/proc/{}/ns/{ns}", owner.pod_pid)).map_err(join_err);
-    let (user, mnt, cgroup) = (open("user")?, open("mnt")?, open("cgroup")?);
+    // All opened first: after joining the mount namespace, /proc is the pod's.
+    let (user, mnt, cgroup, pidns) = (open("user")?, open("mnt")?, open("cgroup")?, open("pid")?);
+    let shared = [(open("net")?, CloneFlags::CLONE_NEWNET), (open("ipc")?, CloneFlags::CLONE_NEWIPC), (open("uts")?, CloneFlags::CLONE_NEWUTS)];
     crate::userns::join_fd(user).map_err(|e| ExecError::Join(std::io::Error::other(e)))?;
     setns(mnt, CloneFlags::CLONE_NEWNS).map_err(|e| join_err(e.into()))?;
     setns(cgroup, CloneFlags::CLONE_NEWCGROUP).map_err(|e| join_err(e.into()))?;
+    setns(pidns, CloneFlags::CLONE_NEWPID).map_err(|e| join_err(e.into()))?;
+    // The pod's shared namespaces, which container specs do not list (so a
+    // tenant exec does not join them itself).
+    for (fd, flag) in shared {
+        setns(fd, flag).map_err(|e| join_err(e.into()))?;
+    }
     nix::unistd::chdir("/").map_err(|e| join_err(e.into()))?;
 
     let signals = Signals::install().map_err(|e| join_err(e.into()))?;
-    let state_root = dir.containers_root();
-    let pid: Pid = signals.unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), None))?;
-    let code = wait_forwarding(pid, &super::signals::handled_set())?;
-    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&super::signals::handled_set()), None);
+    let set = super::signals::handled_set();
+    // The pod's /proc (in its mount namespace) only shows processes of its
+    // PID namespace, and libcontainer reads /proc/self: only a child made
+    // after setns(CLONE_NEWPID) is in it.
+    // SAFETY: single-threaded caller (setns of the user namespace above
+    // succeeds only then).
+    let code = match unsafe { nix::unistd::fork() }.map_err(|e| join_err(e.into()))? {
+        nix::unistd::ForkResult::Child => {
+            let state_root = dir.containers_root();
+            let code = match signals.unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), None)) {
+                Ok(pid) => wait_forwarding(pid, &set).unwrap_or(crate::exit::PROVISION),
+                Err(e) => {
+                    crate::cli::report(&anyhow::Error::new(e));
+                    crate::exit::PROVISION
+                }
+            };
+            std::process::exit(code.into());
+        }
+        nix::unistd::ForkResult::Parent { child } => wait_forwarding(child, &set)?,
+    };
+    let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
     Ok(code)
 }

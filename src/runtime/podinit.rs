@@ -93,6 +93,8 @@ struct Pod {
     others: HashMap<Pid, u8>,
     /// A stop signal that arrived before the main container ran.
     stop: Option<Signal>,
+    /// When a main container that got a stop signal is killed.
+    kill_main_at: Option<Instant>,
     state_root: PathBuf,
 }
 
@@ -109,7 +111,7 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
         .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0 })
         .collect();
     let state_root = dir.containers_root();
-    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), members, others: HashMap::new(), stop: None, state_root };
+    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), members, others: HashMap::new(), stop: None, kill_main_at: None, state_root };
     pod.write_status(Phase::Starting, None);
     let outcome = pod.setup().and_then(|()| pod.run_containers());
     pod.teardown();
@@ -221,7 +223,21 @@ impl Pod {
             if let Some(code) = self.members[main].exit {
                 return Ok(code);
             }
-            self.step(None)?;
+            // A main container that outlives a stop signal by the grace
+            // period is killed, as `podman stop` does.
+            let timeout = match self.kill_main_at {
+                Some(at) if at <= Instant::now() => {
+                    if let Some(pid) = self.members[main].pid {
+                        tracing::info!("main container ignored the stop signal: SIGKILL");
+                        let _ = kill(pid, Signal::SIGKILL);
+                    }
+                    self.kill_main_at = None;
+                    None
+                }
+                Some(at) => Some(at - Instant::now()),
+                None => None,
+            };
+            self.step(timeout)?;
         }
     }
 
@@ -384,6 +400,7 @@ impl Pod {
                     Some(pid) => {
                         tracing::debug!("forwarding {sig} to the main container");
                         let _ = kill(pid, sig);
+                        self.kill_main_at.get_or_insert(Instant::now() + self.plan.grace);
                     }
                     None => self.stop = Some(sig),
                 }

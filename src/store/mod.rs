@@ -59,7 +59,7 @@ pub enum StoreError {
     NotFound(String),
     #[error("image index {}: {reason}", path.display())]
     CorruptIndex { path: PathBuf, reason: String },
-    #[error("manifest {digest}: {source}")]
+    #[error("manifest {digest}")]
     Manifest { digest: Digest, source: ManifestError },
     #[error("image config {digest}: {reason}")]
     Config { digest: Digest, reason: String },

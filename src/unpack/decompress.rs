@@ -55,6 +55,69 @@ pub fn decompress<R: Read + Send + 'static>(
     }
 }
 
+/// Runs `r` (a decoder) on its own thread, a few chunks ahead of the
+/// reader, so decompression overlaps with hashing and writing files. The
+/// thread ends at the end of the stream, on an error (handed to the
+/// reader), or as soon as the returned reader is dropped.
+pub fn read_ahead<R: Read + Send + 'static>(mut r: R) -> impl Read + Send {
+    const CHUNK: usize = 1 << 20;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<std::io::Result<Vec<u8>>>(4);
+    std::thread::spawn(move || loop {
+        let mut buf = vec![0u8; CHUNK];
+        let mut filled = 0;
+        let result = loop {
+            match r.read(&mut buf[filled..]) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    filled += n;
+                    if filled == CHUNK {
+                        break Ok(());
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        buf.truncate(filled);
+        let done = filled == 0 || result.is_err();
+        if filled > 0 && tx.send(Ok(buf)).is_err() {
+            return;
+        }
+        if let Err(e) = result {
+            let _ = tx.send(Err(e));
+        }
+        if done {
+            return;
+        }
+    });
+    ChunkReader { rx, chunk: Vec::new(), pos: 0 }
+}
+
+struct ChunkReader {
+    rx: std::sync::mpsc::Receiver<std::io::Result<Vec<u8>>>,
+    chunk: Vec<u8>,
+    pos: usize,
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.pos == self.chunk.len() {
+            match self.rx.recv() {
+                Ok(Ok(chunk)) => {
+                    self.chunk = chunk;
+                    self.pos = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0), // the decoder thread is done
+            }
+        }
+        let n = buf.len().min(self.chunk.len() - self.pos);
+        buf[..n].copy_from_slice(&self.chunk[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +153,18 @@ mod tests {
         let mut out = Vec::new();
         decompress("application/vnd.docker.image.rootfs.diff.tar", &b"plain"[..]).unwrap().read_to_end(&mut out).unwrap();
         assert_eq!(out, b"plain");
+    }
+
+    #[test]
+    fn read_ahead_delivers_everything_and_errors() {
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let mut out = Vec::new();
+        read_ahead(std::io::Cursor::new(data.clone())).read_to_end(&mut out).unwrap();
+        assert_eq!(out, data);
+        let mut truncated = gz(&data);
+        truncated.truncate(truncated.len() / 2);
+        let r = decompress("application/vnd.oci.image.layer.v1.tar+gzip", std::io::Cursor::new(truncated)).unwrap();
+        assert!(read_ahead(r).read_to_end(&mut Vec::new()).is_err());
     }
 
     #[test]
