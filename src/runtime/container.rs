@@ -17,15 +17,15 @@ use super::stdio::ContainerStdio;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("container {name}: reading bundle {path}: {source}")]
+    #[error("container {name}: reading bundle {path}")]
     Spec { name: String, path: PathBuf, source: oci_spec::OciSpecError },
     #[error("container {name}: {what}")]
     Invalid { name: String, what: String },
-    #[error("container {name}: mounting its root filesystem: {source}")]
+    #[error("container {name}: mounting its root filesystem")]
     Rootfs { name: String, source: std::io::Error },
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Io { name: String, source: std::io::Error },
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Libcontainer { name: String, source: libcontainer::error::LibcontainerError },
     #[error("container {name}: {path}: {why}")]
     Command { name: String, path: String, why: CommandProblem },

@@ -22,11 +22,11 @@ use crate::userns::{self, IdMapping, SpawnOptions, UsernsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("invalid pod plan: {0}")]
+    #[error("invalid pod plan")]
     Plan(#[from] super::plan::PlanError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("starting the pod process: {0}")]
+    #[error("starting the pod process")]
     Spawn(#[from] UsernsError),
     #[error("waiting for the pod process: {0}")]
     Wait(nix::Error),
@@ -60,7 +60,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if !opts.keep_state {
         if let Err(e) = dir.remove() {
-            tracing::warn!("removing pod state {}: {e}", dir.dir.display());
+            tracing::warn!("removing pod state {}: {}", dir.dir.display(), super::error_chain(&e));
         }
     }
     result

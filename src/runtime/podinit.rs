@@ -34,9 +34,9 @@ use super::stdio::LogPump;
 pub enum PodError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("invalid pod plan: {0}")]
+    #[error("invalid pod plan")]
     Plan(#[from] super::plan::PlanError),
-    #[error("setting up the pod's namespaces: {what}: {source}")]
+    #[error("setting up the pod's namespaces: {what}")]
     Setup { what: &'static str, source: io::Error },
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -331,7 +331,7 @@ impl Pod {
         let pid = self
             .signals
             .unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), Some(stdio)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(code) = self.others.remove(&pid) {
@@ -496,7 +496,7 @@ impl Pod {
             peak_memory: self.peak_memory(),
         };
         if let Err(e) = self.dir.write_status(&s) {
-            tracing::debug!("writing pod status: {e}");
+            tracing::debug!("writing pod status: {}", super::error_chain(&e));
         }
     }
 }
