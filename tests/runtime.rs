@@ -30,7 +30,7 @@ fn user_ids() -> (u32, u32) {
 }
 
 fn chown_r(p: &Path) {
-    let st = Command::new("chown").args(["-R", USER]).arg(p).status().unwrap();
+    let st = Command::new("chown").args(["-R", &format!("{USER}:{USER}")]).arg(p).status().unwrap();
     assert!(st.success());
 }
 
