@@ -42,6 +42,7 @@ pub enum CommandProblem {
 
 /// Pod-wide facts every container's spec is adjusted to.
 pub struct PodContext<'a> {
+    pub pod: &'a str,
     pub network: Network,
     pub share_pid: bool,
     /// Only one gid is mapped: devpts cannot use `gid=5`.
@@ -106,8 +107,12 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     linux.set_gid_mappings(None);
     if !ctx.cgroups {
         linux.set_resources(None);
-    } else if !c.limits.is_empty() {
-        linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
+    } else {
+        // Unique per pod: two pods of one user share the cgroup berth runs in.
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/berth/{}/{}", ctx.pod, c.name))));
+        if !c.limits.is_empty() {
+            linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
+        }
     }
 
     let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();

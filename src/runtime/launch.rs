@@ -85,7 +85,7 @@ fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signa
         pod_pid: pid.as_raw(),
         created: state::now_unix(),
     })?;
-    release_stdio();
+    super::stdio::release_stdin_stdout();
     wait_forwarding(pid, set)
 }
 
@@ -115,14 +115,3 @@ pub fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<u8, L
     }
 }
 
-/// Points berth's stdin and stdout at /dev/null: the pod process and the
-/// main container hold the real ones.
-fn release_stdio() {
-    use std::os::fd::AsRawFd;
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            // SAFETY: dup2 onto our own standard fds.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-}

@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -169,6 +168,7 @@ impl Pod {
         let hostname = self.dir.etc("hostname");
         let resolv = self.dir.etc("resolv.conf");
         let ctx = PodContext {
+            pod: &self.plan.name,
             network: self.plan.network,
             share_pid: self.plan.share_pid,
             single_id,
@@ -218,7 +218,7 @@ impl Pod {
         self.write_status(Phase::Running, None);
         // Only the main container holds berth's stdin/stdout now: their EOF
         // must follow its end, not the sidecars' teardown.
-        release_stdio();
+        super::stdio::release_stdin_stdout();
         loop {
             if let Some(code) = self.members[main].exit {
                 return Ok(code);
@@ -536,12 +536,3 @@ fn single_gid_mapped() -> bool {
     total <= 1
 }
 
-/// Points our fds 0 and 1 at /dev/null once the main container has them.
-fn release_stdio() {
-    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            // SAFETY: dup2 onto our standard fds; `null` stays valid meanwhile.
-            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null.as_fd()), fd) };
-        }
-    }
-}
