@@ -445,7 +445,7 @@ fn runtime_ps_exec_logs_stop_rm() {
     let ex = env.berth(&["exec", "pp", "main", "--", "sh", "-c", "hostname; cat /proc/1/cmdline; exit 5"]).output().unwrap();
     assert_eq!(ex.status.code(), Some(5), "{}", String::from_utf8_lossy(&ex.stderr));
     // busybox sh execs its last command: PID 1 is `sleep`.
-    assert_eq!(String::from_utf8_lossy(&ex.stdout), "pp\nsleep\060\0");
+    assert_eq!(String::from_utf8_lossy(&ex.stdout), "pp\nsleep\u{0}60\u{0}");
     let ex = env.berth(&["exec", "pp", "nope", "--", "true"]).output().unwrap();
     assert_eq!(ex.status.code(), Some(125));
 

@@ -26,7 +26,7 @@ pub enum ContainerError {
     #[error("container {name}")]
     Io { name: String, source: std::io::Error },
     #[error("container {name}")]
-    Libcontainer { name: String, source: libcontainer::error::LibcontainerError },
+    Libcontainer { name: String, source: Box<libcontainer::error::LibcontainerError> },
     #[error("container {name}: {path}: {why}")]
     Command { name: String, path: String, why: CommandProblem },
 }
@@ -264,7 +264,7 @@ pub fn create(
     bundle: &Path,
     stdio: Option<ContainerStdio>,
 ) -> Result<Container, ContainerError> {
-    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source };
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
     let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
@@ -281,16 +281,10 @@ pub fn exec(
     env: HashMap<String, String>,
     stdio: Option<ContainerStdio>,
 ) -> Result<Pid, ContainerError> {
-    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source };
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
     let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
     }
     b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build().map_err(lc)
 }
-
-/// Looks a created container up again (for `delete`).
-pub fn load(state_root: &Path, name: &str) -> Result<Container, ContainerError> {
-    Container::load(state_root.join(name)).map_err(|source| ContainerError::Libcontainer { name: name.to_string(), source })
-}
-

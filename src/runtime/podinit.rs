@@ -192,20 +192,20 @@ impl Pod {
             bundles.push(b);
         }
 
-        for i in 0..self.members.len() {
+        for (i, bundle) in bundles.iter().enumerate() {
             if self.members[i].role != Role::Init {
                 continue;
             }
-            self.start(i, &bundles[i])?;
+            self.start(i, bundle)?;
             let name = self.members[i].name.clone();
             let code = self.wait_for(|p| p.members[i].exit)?;
             if code != 0 {
                 return Err(PodError::InitFailed { name, code });
             }
         }
-        for i in 0..self.members.len() {
+        for (i, bundle) in bundles.iter().enumerate() {
             if self.members[i].role == Role::Sidecar {
-                self.start(i, &bundles[i])?;
+                self.start(i, bundle)?;
             }
         }
         for i in 0..self.members.len() {
@@ -260,8 +260,15 @@ impl Pod {
         let state_root = self.state_root.clone();
         let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio))?;
         let pid = c.pid();
+        // Recorded before start(): teardown deletes (and reaps) it either way.
         self.members[i].container = Some(c.clone());
-        c.start().map_err(|source| ContainerError::Libcontainer { name: name.clone(), source })?;
+        if let Err(source) = c.start() {
+            if let Some(pid) = pid {
+                let _ = kill(pid, Signal::SIGKILL);
+                self.members[i].pid = Some(pid);
+            }
+            return Err(ContainerError::Libcontainer { name, source: Box::new(source) }.into());
+        }
         self.members[i].container = Some(c);
         self.members[i].pid = pid;
         tracing::debug!("started {name} as pid {pid:?}");
