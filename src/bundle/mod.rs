@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use oci_spec::runtime::Spec;
 pub use rootfs::prepare_rootfs;
-pub use seccomp::{default_seccomp, seccomp_for};
+pub use seccomp::{default_seccomp, libcontainer_compat, seccomp_for};
 pub use spec::{
     default_capabilities, id_map, remove_namespace, runtime_spec, set_namespace, ContainerSettings,
     IdMapping, Network, DEFAULT_NOFILE, DEFAULT_PATH,
