@@ -63,7 +63,7 @@ pub enum PullError {
     #[error("no image for platform {platform} (the index has {available})")]
     NoPlatform { reference: String, platform: String, available: String },
     #[error("{what} {digest}")]
-    Blob { reference: String, what: &'static str, digest: Digest, source: BlobError },
+    Blob { reference: String, what: &'static str, digest: Digest, source: Box<BlobError> },
     /// Every search registry failed for a short name.
     #[error("{name}: {}", errors.join("; "))]
     Candidates { name: String, errors: Vec<String> },
@@ -288,7 +288,7 @@ impl Job {
     /// Downloads one blob into the store unless it is there (or another
     /// process is fetching it: then it waits, and finds it there).
     async fn blob(self, what: &'static str, desc: Descriptor) -> Result<(), PullError> {
-        let wrap = |source| PullError::Blob { reference: self.r.name(), what, digest: desc.digest.clone(), source };
+        let wrap = |source| PullError::Blob { reference: self.r.name(), what, digest: desc.digest.clone(), source: Box::new(source) };
         let bar = self.progress.blob(what, &desc.digest, desc.size);
         let (s, d, size) = (self.store.clone(), desc.digest.clone(), desc.size);
         let ingest = blocking(move || s.ingest(&d, size).map_err(PullError::from)).await?;

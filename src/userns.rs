@@ -21,7 +21,7 @@ use nix::unistd::{Gid, Pid, Uid};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UsernsError {
-    #[error("reading {path}: {source}")]
+    #[error("{path}")]
     Read { path: PathBuf, source: io::Error },
     #[error("cannot resolve user {0}")]
     UnknownUser(u32),
@@ -31,9 +31,9 @@ pub enum UsernsError {
     Clone(nix::Error),
     #[error("{tool} {pid} failed: {detail}")]
     Map { tool: &'static str, pid: i32, detail: String },
-    #[error("executing {program} in the new namespace failed: {source}")]
+    #[error("executing {program} in the new namespace failed")]
     Exec { program: PathBuf, source: io::Error },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

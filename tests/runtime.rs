@@ -30,7 +30,7 @@ fn user_ids() -> (u32, u32) {
 }
 
 fn chown_r(p: &Path) {
-    let st = Command::new("chown").args(["-R", USER]).arg(p).status().unwrap();
+    let st = Command::new("chown").args(["-R", &format!("{USER}:{USER}")]).arg(p).status().unwrap();
     assert!(st.success());
 }
 
@@ -445,7 +445,7 @@ fn runtime_ps_exec_logs_stop_rm() {
     let ex = env.berth(&["exec", "pp", "main", "--", "sh", "-c", "hostname; cat /proc/1/cmdline; exit 5"]).output().unwrap();
     assert_eq!(ex.status.code(), Some(5), "{}", String::from_utf8_lossy(&ex.stderr));
     // busybox sh execs its last command: PID 1 is `sleep`.
-    assert_eq!(String::from_utf8_lossy(&ex.stdout), "pp\nsleep\060\0");
+    assert_eq!(String::from_utf8_lossy(&ex.stdout), "pp\nsleep\u{0}60\u{0}");
     let ex = env.berth(&["exec", "pp", "nope", "--", "true"]).output().unwrap();
     assert_eq!(ex.status.code(), Some(125));
 
@@ -464,4 +464,67 @@ fn runtime_ps_exec_logs_stop_rm() {
     let rm = env.berth(&["rm", "pp"]).output().unwrap();
     assert_eq!(rm.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&rm.stderr).contains("no pod named"));
+}
+
+#[test]
+fn runtime_init_writes_sidecar_serves_main_fetches() {
+    let env = Env::new();
+    let init = env.bundle("init");
+    env.set_args(&init, &["sh", "-c", "echo built-by-init > /workspace/artifact.txt"]);
+    let web = env.bundle("web");
+    env.set_args(&web, &["httpd", "-f", "-p", "8080", "-h", "/workspace"]);
+    let main = env.bundle("main");
+    let out = env
+        .berth(&[
+            "run",
+            "--init-bundle",
+            &format!("checkout={}", init.display()),
+            "--sidecar-bundle",
+            &format!("web={}", web.display()),
+            "--sidecar-ready=web=8080",
+            "--bundle",
+            main.to_str().unwrap(),
+            "--",
+            "sh",
+            "-c",
+            "wget -q -O- http://web:8080/artifact.txt && exit 42",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(42), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "built-by-init\n");
+}
+
+#[test]
+fn runtime_failed_init_or_readiness_is_a_provisioning_failure() {
+    let env = Env::new();
+    let init = env.bundle("init");
+    env.set_args(&init, &["sh", "-c", "exit 3"]);
+    let main = env.bundle("main");
+    let out = env
+        .berth(&["run", "--init-bundle", &format!("checkout={}", init.display()), "--bundle", main.to_str().unwrap(), "--", "echo", "main-ran"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("init container checkout exited with status 3"), "{err}");
+
+    let web = env.bundle("web");
+    env.set_args(&web, &["sleep", "60"]);
+    let t = Instant::now();
+    let out = env
+        .berth(&["run", "--sidecar-bundle", &format!("web={}", web.display()), "--sidecar-ready=web=8080", "--bundle", main.to_str().unwrap(), "--", "echo", "main-ran"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(out.stdout.is_empty());
+    assert!(err.contains("sidecar web did not become ready"), "{err}");
+    // 100 tries 100 ms apart, then the sidecar's teardown (SIGKILL after 5 s:
+    // `sleep` as PID 1 ignores SIGTERM).
+    assert!(t.elapsed() < Duration::from_secs(25));
 }

@@ -8,7 +8,10 @@
 //!   runc's default mounts and masked/read-only paths, Docker's default
 //!   capabilities, `noNewPrivileges`, `RLIMIT_NOFILE`, namespaces and the
 //!   default seccomp profile.
-//! * [`seccomp`] is the default seccomp profile (moby's semantics).
+//! * [`seccomp`] is the default seccomp profile (moby's semantics), plus
+//!   [`libcontainer_compat`], which the pod runtime must apply to every spec
+//!   it hands to libcontainer 0.7 (it reads SCMP_CMP_MASKED_EQ operands
+//!   swapped; without it the `clone` rule allows user namespaces).
 //! * [`user`] resolves `USER name[:group]` in the image's own `/etc/passwd`
 //!   and `/etc/group`, read in-root with size caps (CVE-2024-9676).
 //! * [`rootfs`] makes `/dev`, `/proc`, `/sys`, `/etc` real directories and
@@ -32,7 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use oci_spec::runtime::Spec;
 pub use rootfs::prepare_rootfs;
-pub use seccomp::{default_seccomp, seccomp_for};
+pub use seccomp::{default_seccomp, libcontainer_compat, seccomp_for};
 pub use spec::{
     default_capabilities, id_map, remove_namespace, runtime_spec, set_namespace, ContainerSettings,
     IdMapping, Network, DEFAULT_NOFILE, DEFAULT_PATH,

@@ -67,7 +67,7 @@ impl UserSpec {
                     _ => Err(bad("id out of range")),
                 };
             }
-            if p.contains(|c: char| c == ':' || c == '\n' || c == '\0' || c == '/') {
+            if p.contains([':', '\n', '\0', '/']) {
                 return Err(bad("invalid character in a name"));
             }
             Ok(IdOrName::Name(p.to_string()))

@@ -63,6 +63,14 @@ pub struct RunArgs {
     /// Add a sidecar from a ready bundle, NAME=DIR (with --bundle; repeatable).
     #[arg(long, hide = true, value_name = "NAME=DIR", requires = "bundle")]
     pub sidecar_bundle: Vec<String>,
+    /// Add an init container from a ready bundle, NAME=DIR (with --bundle;
+    /// repeatable, run in order).
+    #[arg(long, hide = true, value_name = "NAME=DIR", requires = "bundle")]
+    pub init_bundle: Vec<String>,
+    /// Readiness of a sidecar: NAME=PORT, a TCP connect to 127.0.0.1:PORT
+    /// every 100 ms for up to 10 s (with --bundle).
+    #[arg(long, hide = true, value_name = "NAME=PORT", requires = "bundle")]
+    pub sidecar_ready: Vec<String>,
     /// Image of the main container.
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
@@ -83,6 +91,9 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
     use anyhow::Context;
     use crate::runtime::{self, state, PlannedContainer, PodPlan, Role, RootfsSource};
 
+    if a.tty {
+        anyhow::bail!("-t is not supported yet: the main container uses berth's own stdio");
+    }
     let paths = g.paths();
     crate::paths::Paths::ensure_private_dir(&paths.run_root)
         .with_context(|| format!("creating {}", paths.run_root.display()))?;
@@ -104,12 +115,31 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
         mounts: Vec::new(),
     };
     let mut containers = Vec::new();
+    for s in &a.init_bundle {
+        let (name, dir) = s.split_once('=').with_context(|| format!("--init-bundle {s:?}: expected NAME=DIR"))?;
+        containers.push(container(name, Role::Init, dir.into(), None));
+    }
     for s in &a.sidecar_bundle {
         let (name, dir) = s.split_once('=').with_context(|| format!("--sidecar-bundle {s:?}: expected NAME=DIR"))?;
         containers.push(container(name, Role::Sidecar, dir.into(), sidecar_cmds.remove(name)));
     }
     if let Some(name) = sidecar_cmds.keys().next() {
         anyhow::bail!("--sidecar-cmd names {name:?}, which is no sidecar");
+    }
+    for s in &a.sidecar_ready {
+        let (name, port) = s.split_once('=').with_context(|| format!("--sidecar-ready {s:?}: expected NAME=PORT"))?;
+        let port: u16 = port.parse().with_context(|| format!("--sidecar-ready {s:?}: bad port"))?;
+        let c = containers
+            .iter_mut()
+            .find(|c| c.name == name && c.role == Role::Sidecar)
+            .with_context(|| format!("--sidecar-ready names {name:?}, which is no sidecar"))?;
+        c.readiness = Some(runtime::Probe {
+            action: runtime::ProbeAction::Tcp(port),
+            initial_delay: std::time::Duration::ZERO,
+            period: std::time::Duration::from_millis(100),
+            timeout: std::time::Duration::from_secs(1),
+            failure_threshold: 100,
+        });
     }
     let command = (!a.command.is_empty()).then(|| a.command.clone());
     containers.push(container("main", Role::Main, main_bundle, command));

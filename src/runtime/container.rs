@@ -17,16 +17,16 @@ use super::stdio::ContainerStdio;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContainerError {
-    #[error("container {name}: reading bundle {path}: {source}")]
+    #[error("container {name}: reading bundle {path}")]
     Spec { name: String, path: PathBuf, source: oci_spec::OciSpecError },
     #[error("container {name}: {what}")]
     Invalid { name: String, what: String },
-    #[error("container {name}: mounting its root filesystem: {source}")]
+    #[error("container {name}: mounting its root filesystem")]
     Rootfs { name: String, source: std::io::Error },
-    #[error("container {name}: {source}")]
+    #[error("container {name}")]
     Io { name: String, source: std::io::Error },
-    #[error("container {name}: {source}")]
-    Libcontainer { name: String, source: libcontainer::error::LibcontainerError },
+    #[error("container {name}")]
+    Libcontainer { name: String, source: Box<libcontainer::error::LibcontainerError> },
     #[error("container {name}: {path}: {why}")]
     Command { name: String, path: String, why: CommandProblem },
 }
@@ -42,6 +42,7 @@ pub enum CommandProblem {
 
 /// Pod-wide facts every container's spec is adjusted to.
 pub struct PodContext<'a> {
+    pub pod: &'a str,
     pub network: Network,
     pub share_pid: bool,
     /// Only one gid is mapped: devpts cannot use `gid=5`.
@@ -106,8 +107,12 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     linux.set_gid_mappings(None);
     if !ctx.cgroups {
         linux.set_resources(None);
-    } else if !c.limits.is_empty() {
-        linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
+    } else {
+        // Unique per pod: two pods of one user share the cgroup berth runs in.
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/berth/{}/{}", ctx.pod, c.name))));
+        if !c.limits.is_empty() {
+            linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
+        }
     }
 
     let mut mounts: Vec<Mount> = spec.mounts().clone().unwrap_or_default();
@@ -259,7 +264,7 @@ pub fn create(
     bundle: &Path,
     stdio: Option<ContainerStdio>,
 ) -> Result<Container, ContainerError> {
-    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source };
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
     let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
@@ -276,16 +281,10 @@ pub fn exec(
     env: HashMap<String, String>,
     stdio: Option<ContainerStdio>,
 ) -> Result<Pid, ContainerError> {
-    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source };
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
     let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
     }
     b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build().map_err(lc)
 }
-
-/// Looks a created container up again (for `delete`).
-pub fn load(state_root: &Path, name: &str) -> Result<Container, ContainerError> {
-    Container::load(state_root.join(name)).map_err(|source| ContainerError::Libcontainer { name: name.to_string(), source })
-}
-

@@ -22,11 +22,11 @@ use crate::userns::{self, IdMapping, SpawnOptions, UsernsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
-    #[error("invalid pod plan: {0}")]
+    #[error("invalid pod plan")]
     Plan(#[from] super::plan::PlanError),
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("starting the pod process: {0}")]
+    #[error("starting the pod process")]
     Spawn(#[from] UsernsError),
     #[error("waiting for the pod process: {0}")]
     Wait(nix::Error),
@@ -60,7 +60,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if !opts.keep_state {
         if let Err(e) = dir.remove() {
-            tracing::warn!("removing pod state {}: {e}", dir.dir.display());
+            tracing::warn!("removing pod state {}: {}", dir.dir.display(), super::error_chain(&e));
         }
     }
     result
@@ -85,7 +85,7 @@ fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signa
         pod_pid: pid.as_raw(),
         created: state::now_unix(),
     })?;
-    release_stdio();
+    super::stdio::release_stdin_stdout();
     wait_forwarding(pid, set)
 }
 
@@ -115,14 +115,3 @@ pub fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<u8, L
     }
 }
 
-/// Points berth's stdin and stdout at /dev/null: the pod process and the
-/// main container hold the real ones.
-fn release_stdio() {
-    use std::os::fd::AsRawFd;
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            // SAFETY: dup2 onto our own standard fds.
-            unsafe { libc::dup2(null.as_raw_fd(), fd) };
-        }
-    }
-}

@@ -29,3 +29,16 @@ pub mod stdio;
 pub use launch::{launch, LaunchError, LaunchOptions};
 pub use plan::{BindMount, Limits, Network, PlannedContainer, PodPlan, Probe, ProbeAction, Role, RootfsSource};
 pub use state::PodDir;
+
+/// An error and its causes on one line (`a: b: c`), for log lines; errors
+/// here keep causes out of their own message, as `anyhow`'s `{:#}` expects.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

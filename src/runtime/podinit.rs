@@ -13,7 +13,6 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -34,9 +33,9 @@ use super::stdio::LogPump;
 pub enum PodError {
     #[error(transparent)]
     State(#[from] StateError),
-    #[error("invalid pod plan: {0}")]
+    #[error("invalid pod plan")]
     Plan(#[from] super::plan::PlanError),
-    #[error("setting up the pod's namespaces: {what}: {source}")]
+    #[error("setting up the pod's namespaces: {what}")]
     Setup { what: &'static str, source: io::Error },
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -169,6 +168,7 @@ impl Pod {
         let hostname = self.dir.etc("hostname");
         let resolv = self.dir.etc("resolv.conf");
         let ctx = PodContext {
+            pod: &self.plan.name,
             network: self.plan.network,
             share_pid: self.plan.share_pid,
             single_id,
@@ -192,20 +192,20 @@ impl Pod {
             bundles.push(b);
         }
 
-        for i in 0..self.members.len() {
+        for (i, bundle) in bundles.iter().enumerate() {
             if self.members[i].role != Role::Init {
                 continue;
             }
-            self.start(i, &bundles[i])?;
+            self.start(i, bundle)?;
             let name = self.members[i].name.clone();
             let code = self.wait_for(|p| p.members[i].exit)?;
             if code != 0 {
                 return Err(PodError::InitFailed { name, code });
             }
         }
-        for i in 0..self.members.len() {
+        for (i, bundle) in bundles.iter().enumerate() {
             if self.members[i].role == Role::Sidecar {
-                self.start(i, &bundles[i])?;
+                self.start(i, bundle)?;
             }
         }
         for i in 0..self.members.len() {
@@ -218,7 +218,7 @@ impl Pod {
         self.write_status(Phase::Running, None);
         // Only the main container holds berth's stdin/stdout now: their EOF
         // must follow its end, not the sidecars' teardown.
-        release_stdio();
+        super::stdio::release_stdin_stdout();
         loop {
             if let Some(code) = self.members[main].exit {
                 return Ok(code);
@@ -260,8 +260,15 @@ impl Pod {
         let state_root = self.state_root.clone();
         let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio))?;
         let pid = c.pid();
+        // Recorded before start(): teardown deletes (and reaps) it either way.
         self.members[i].container = Some(c.clone());
-        c.start().map_err(|source| ContainerError::Libcontainer { name: name.clone(), source })?;
+        if let Err(source) = c.start() {
+            if let Some(pid) = pid {
+                let _ = kill(pid, Signal::SIGKILL);
+                self.members[i].pid = Some(pid);
+            }
+            return Err(ContainerError::Libcontainer { name, source: Box::new(source) }.into());
+        }
         self.members[i].container = Some(c);
         self.members[i].pid = pid;
         tracing::debug!("started {name} as pid {pid:?}");
@@ -331,7 +338,7 @@ impl Pod {
         let pid = self
             .signals
             .unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), Some(stdio)))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| super::error_chain(&e))?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(code) = self.others.remove(&pid) {
@@ -496,7 +503,7 @@ impl Pod {
             peak_memory: self.peak_memory(),
         };
         if let Err(e) = self.dir.write_status(&s) {
-            tracing::debug!("writing pod status: {e}");
+            tracing::debug!("writing pod status: {}", super::error_chain(&e));
         }
     }
 }
@@ -536,12 +543,3 @@ fn single_gid_mapped() -> bool {
     total <= 1
 }
 
-/// Points our fds 0 and 1 at /dev/null once the main container has them.
-fn release_stdio() {
-    if let Ok(null) = fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
-        for fd in [0, 1] {
-            // SAFETY: dup2 onto our standard fds; `null` stays valid meanwhile.
-            unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null.as_fd()), fd) };
-        }
-    }
-}

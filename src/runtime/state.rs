@@ -29,9 +29,9 @@ pub enum StateError {
     Exists(String),
     #[error("no pod named {0:?}")]
     NotFound(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Json { path: PathBuf, source: serde_json::Error },
 }
 
@@ -208,7 +208,7 @@ pub fn clean_dead(run_root: &Path) {
         if !pod.is_live() {
             tracing::info!("removing state of dead pod {}", pod.name());
             if let Err(e) = pod.remove() {
-                tracing::warn!("cannot remove state of dead pod {}: {e}", pod.name());
+                tracing::warn!("cannot remove state of dead pod {}: {}", pod.name(), super::error_chain(&e));
             }
         }
     }

@@ -108,3 +108,16 @@ impl LogPump {
         }
     }
 }
+
+/// Points this process's fds 0 and 1 at /dev/null. berth and the pod process
+/// call it once the main container holds the real ones, so the peer (Jenkins)
+/// sees EOF on berth's stdout as soon as the main container closes it, not
+/// after the sidecars' teardown.
+pub fn release_stdin_stdout() {
+    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+        for fd in [0, 1] {
+            // SAFETY: dup2 onto our own standard fds; `null` is open.
+            unsafe { libc::dup2(null.as_raw_fd(), fd) };
+        }
+    }
+}

@@ -24,6 +24,7 @@ use oci_spec::runtime::{
 };
 
 use super::spec::default_capabilities;
+use oci_spec::runtime::Spec;
 use oci_spec::runtime::Capability;
 
 /// Namespace flags of `clone(2)`: CLONE_NEWNS, CLONE_NEWCGROUP,
@@ -59,15 +60,11 @@ pub fn seccomp_for(caps: &Capabilities) -> LinuxSeccomp {
     }
     rules.push(allow_if("socket", arg(0, LinuxSeccompOperator::ScmpCmpNe, AF_VSOCK, None)));
     if !sys_admin {
-        // "clone without any namespace flag": (flags & MASK) == 0. The
-        // runtime spec, runc and libseccomp read SCMP_CMP_MASKED_EQ as
-        // mask = value, datum = valueTwo; libcontainer 0.7 reads them the
-        // other way round. Each runtime finds one rule that means the
-        // check above, and the other rule, (flags & 0) == MASK, never
-        // matches, so it allows nothing.
+        // clone without any namespace flag: (flags & MASK) == 0, written as
+        // the runtime spec, runc and crun read SCMP_CMP_MASKED_EQ
+        // (value = mask, valueTwo = datum). See [`libcontainer_compat`].
         let masked = LinuxSeccompOperator::ScmpCmpMaskedEq;
         rules.push(allow_if("clone", arg(clone_flags_arg(), masked, CLONE_NAMESPACE_FLAGS, Some(0))));
-        rules.push(allow_if("clone", arg(clone_flags_arg(), masked, 0, Some(CLONE_NAMESPACE_FLAGS))));
         rules.push(syscall(&["clone3"], LinuxSeccompAction::ScmpActErrno, Some(libc::ENOSYS as u32), vec![]));
     }
 
@@ -77,6 +74,40 @@ pub fn seccomp_for(caps: &Capabilities) -> LinuxSeccomp {
     profile.set_architectures(native_architectures());
     profile.set_syscalls(Some(rules));
     profile
+}
+
+/// Rewrites `spec`'s seccomp profile for youki's libcontainer 0.7, which
+/// reads SCMP_CMP_MASKED_EQ the other way round (valueTwo as the mask,
+/// value as the datum). libseccomp reduces the datum to `datum & mask`, so
+/// the spec-correct `clone` rule would read `(flags & 0) == 0` there and
+/// allow every clone, user namespaces included. The pod runtime calls this
+/// on every spec it hands to libcontainer.
+pub fn libcontainer_compat(spec: &mut Spec) {
+    let Some(seccomp) = spec.linux_mut().as_mut().and_then(|l| l.seccomp_mut().as_mut()) else {
+        return;
+    };
+    let Some(rules) = seccomp.syscalls().clone() else {
+        return;
+    };
+    let rules = rules
+        .into_iter()
+        .map(|mut rule| {
+            if let Some(args) = rule.args().clone() {
+                let swapped = args
+                    .into_iter()
+                    .map(|a| match a.op() {
+                        LinuxSeccompOperator::ScmpCmpMaskedEq => {
+                            arg(a.index(), a.op(), a.value_two().unwrap_or(0), Some(a.value()))
+                        }
+                        _ => a,
+                    })
+                    .collect();
+                rule.set_args(Some(swapped));
+            }
+            rule
+        })
+        .collect();
+    seccomp.set_syscalls(Some(rules));
 }
 
 /// s390 passes clone's flags second; every other architecture first.
@@ -152,8 +183,10 @@ mod tests {
         }
         // clone: only without namespace flags; clone3: ENOSYS.
         let clone = rules_for(&p, "clone");
-        assert_eq!(clone.len(), 2);
-        assert!(clone.iter().all(|r| r.args().as_ref().unwrap()[0].op() == LinuxSeccompOperator::ScmpCmpMaskedEq));
+        assert_eq!(clone.len(), 1);
+        let a = clone[0].args().as_ref().unwrap()[0];
+        assert_eq!((a.value(), a.value_two()), (CLONE_NAMESPACE_FLAGS, Some(0)));
+        assert_eq!(a.op(), LinuxSeccompOperator::ScmpCmpMaskedEq);
         let clone3 = rules_for(&p, "clone3");
         assert_eq!(clone3.len(), 1);
         assert_eq!((clone3[0].action(), clone3[0].errno_ret()), (LinuxSeccompAction::ScmpActErrno, Some(libc::ENOSYS as u32)));
@@ -180,5 +213,25 @@ mod tests {
         let mut caps = default_capabilities();
         caps.remove(&Capability::SysChroot);
         assert!(rules_for(&seccomp_for(&caps), "chroot").is_empty());
+    }
+}
+
+#[cfg(test)]
+mod compat_tests {
+    use super::*;
+
+    #[test]
+    fn libcontainer_compat_swaps_only_masked_eq_operands() {
+        let mut spec = Spec::default();
+        spec.linux_mut().get_or_insert_with(Default::default).set_seccomp(Some(default_seccomp()));
+        libcontainer_compat(&mut spec);
+        let p = spec.linux().as_ref().unwrap().seccomp().clone().unwrap();
+        let rules = p.syscalls().as_ref().unwrap();
+        let clone = rules.iter().find(|r| r.names()[0] == "clone").unwrap();
+        let a = clone.args().as_ref().unwrap()[0];
+        assert_eq!((a.value(), a.value_two()), (0, Some(CLONE_NAMESPACE_FLAGS)));
+        let socket = rules.iter().find(|r| r.names()[0] == "socket").unwrap();
+        assert_eq!(socket.args().as_ref().unwrap()[0].value(), AF_VSOCK);
+        assert_eq!(rules.len(), default_seccomp().syscalls().as_ref().unwrap().len());
     }
 }
