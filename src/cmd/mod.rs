@@ -5,6 +5,7 @@ pub mod bundle;
 pub mod images;
 pub mod internal;
 pub mod pods;
+pub mod podrun;
 pub mod provision;
 pub mod pull;
 pub mod run;

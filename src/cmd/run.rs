@@ -83,7 +83,8 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
     if let Some(bundle) = a.bundle.clone() {
         return run_bundles(g, &a, bundle);
     }
-    anyhow::bail!("run is not written yet")
+    let pod = super::podrun::pod_from_args(&a)?;
+    super::podrun::run_pod(g, &a, pod)
 }
 
 /// `--bundle`: a pod of ready bundles, no image store involved.

@@ -146,6 +146,9 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     mounts.retain(|m| !extra.iter().any(|e| e.destination() == m.destination()));
     mounts.extend(extra);
     spec.set_mounts(Some(mounts));
+    // libcontainer reads SCMP_CMP_MASKED_EQ operands swapped (see
+    // bundle::libcontainer_compat): without this the clone rule fails open.
+    crate::bundle::libcontainer_compat(&mut spec);
     Ok(spec)
 }
 
@@ -209,6 +212,9 @@ pub fn prepare_rootfs(c: &PlannedContainer, mountpoint: &Path) -> Result<PathBuf
             opts.push_str(&format!(",upperdir={u},workdir={w},userxattr"));
             nix::mount::mount(Some("overlay"), mountpoint, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
                 .map_err(|e| rootfs_err(e.into()))?;
+            // The image may have made /dev, /proc, /etc/hosts… symlinks; fix
+            // them in the private upper dir before the runtime mounts there.
+            crate::bundle::prepare_rootfs(mountpoint).map_err(|e| invalid(c, e))?;
             Ok(mountpoint.to_path_buf())
         }
     }
