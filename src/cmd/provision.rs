@@ -107,7 +107,20 @@ impl Provision {
         if dirs.iter().all(|d| d.is_dir()) {
             return Ok(dirs);
         }
-        let job = UnpackJob {
+        self.unpack_in_namespace(&self.job(image, None)).with_context(|| format!("unpack {}", image.record.name))?;
+        Ok(dirs)
+    }
+
+    /// Writes a self-contained rootfs of `image` into `dest` (an existing,
+    /// empty directory), from the layer cache, in the pod's user namespace
+    /// so every file keeps its mapped owner.
+    pub fn flatten(&self, image: &Image, dest: &Path) -> anyhow::Result<()> {
+        self.unpack_in_namespace(&self.job(image, Some(dest.to_path_buf())))
+            .with_context(|| format!("unpack {} into {}", image.record.name, dest.display()))
+    }
+
+    fn job(&self, image: &Image, flatten_to: Option<PathBuf>) -> UnpackJob {
+        UnpackJob {
             key: self.key.clone(),
             keep: match self.ids {
                 IdPolicy::Keep { max_uid, max_gid } => Some((max_uid, max_gid)),
@@ -118,9 +131,8 @@ impl Provision {
                 .iter()
                 .map(|l| JobLayer { blob: l.path.clone(), media_type: l.media_type.clone(), diff_id: l.diff_id.clone() })
                 .collect(),
-        };
-        self.unpack_in_namespace(&job).with_context(|| format!("unpack {}", image.record.name))?;
-        Ok(dirs)
+            flatten_to,
+        }
     }
 
     fn unpack_in_namespace(&self, job: &UnpackJob) -> anyhow::Result<()> {
@@ -162,6 +174,8 @@ pub struct UnpackJob {
     /// `(max_uid, max_gid)` to keep the image's owners; `None` squashes them.
     pub keep: Option<(u32, u32)>,
     pub layers: Vec<JobLayer>,
+    /// Also write a self-contained rootfs here.
+    pub flatten_to: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -185,7 +199,10 @@ pub fn unpack_job(g: &Global, job_file: &Path) -> anyhow::Result<u8> {
         .into_iter()
         .map(|l| LayerSource { blob: l.blob, media_type: l.media_type, diff_id: l.diff_id })
         .collect();
-    cache.ensure(&sources)?;
+    let dirs = cache.ensure(&sources)?;
+    if let Some(dest) = job.flatten_to {
+        cache.flatten(&dirs, &dest)?;
+    }
     Ok(0)
 }
 
