@@ -63,6 +63,9 @@ pub struct RegistryRef {
     pub qualified: bool,
 }
 
+/// containers-transports(5) names berth does not read.
+const OTHER_TRANSPORTS: &[&str] = &["containers-storage", "docker-archive", "docker-daemon", "dir", "sif", "ostree"];
+
 /// Parses any reference berth accepts.
 pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
     let err = |reason: &str| ReferenceError { input: s.to_string(), reason: reason.to_string() };
@@ -81,6 +84,13 @@ pub fn parse(s: &str) -> Result<ImageRef, ReferenceError> {
         return Ok(ImageRef::OciArchive { file: PathBuf::from(path), tag });
     }
     let docker = s.strip_prefix("docker://").unwrap_or(s);
+    if docker.contains("://") {
+        return Err(err("not a URL: drop the scheme (HOST[:PORT]/NAME[:TAG])"));
+    }
+    // podman's other transports would otherwise read as `name:tag`.
+    if let Some(t) = OTHER_TRANSPORTS.iter().find(|t| docker.starts_with(&format!("{t}:"))) {
+        return Err(err(&format!("transport {t}: is not supported (docker://, oci:, oci-archive: are)")));
+    }
     RegistryRef::parse(docker).map(ImageRef::Registry).map_err(|e| ReferenceError { input: s.to_string(), ..e })
 }
 
@@ -471,6 +481,10 @@ mod tests {
             ("oci-archive:", "needs a file"),
             ("oci:/dir:", "empty tag"),
             ("oci:/dir:a b", "invalid image name"),
+            ("https://example.com/a", "not a URL"),
+            ("docker://http://x/a", "not a URL"),
+            ("containers-storage:busybox", "transport containers-storage: is not supported"),
+            ("docker-archive:/tmp/x.tar", "transport docker-archive: is not supported"),
         ];
         for (input, want) in cases {
             let msg = bad(input);
@@ -481,5 +495,32 @@ mod tests {
         assert!(reg(&format!("busybox:{}", "a".repeat(128))).tag.is_some());
         let long_name = format!("example.com/{}", "a".repeat(250));
         assert!(bad(&long_name).contains("longer than"));
+    }
+}
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+
+    /// Arbitrary strings over the characters that matter never panic, and
+    /// whatever parses renders back to a name that parses to the same thing.
+    #[test]
+    fn never_panics_and_names_round_trip() {
+        let alphabet: Vec<char> = "aZ09:/@._-[]sha256:oci-archive\u{e9}\0 ".chars().collect();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let len = (next() % 24) as usize;
+            let s: String = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            if let Ok(ImageRef::Registry(r)) = parse(&s) {
+                let again = RegistryRef::parse(&r.name()).unwrap_or_else(|e| panic!("{s:?} → {}: {e}", r.name()));
+                assert_eq!((again.registry, again.repository, again.tag, again.digest), (r.registry, r.repository, r.tag, r.digest), "{s:?}");
+            }
+        }
     }
 }

@@ -23,6 +23,10 @@ use serde::Deserialize;
 
 use super::{config_home, home_dir, ConfigError};
 
+/// How long a credential helper may take (its reply is a few bytes, so the
+/// pipes never fill while it runs).
+const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// A user name and secret for one registry.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
@@ -178,6 +182,20 @@ impl AuthFiles {
         if let Some(mut stdin) = child.stdin.take() {
             // A helper that exits without reading gives EPIPE; its exit status tells.
             let _ = stdin.write_all(host.as_bytes());
+        }
+        // A helper that waits for a user (a locked keychain prompt) must not
+        // hang a CI job forever.
+        let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+        loop {
+            match child.try_wait().map_err(|e| fail(e.to_string()))? {
+                Some(_) => break,
+                None if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!("no answer within {}s", HELPER_TIMEOUT.as_secs())));
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
         }
         let out = child.wait_with_output().map_err(|e| fail(e.to_string()))?;
         let stdout = String::from_utf8_lossy(&out.stdout);

@@ -81,3 +81,53 @@ fn read_dir_certs(dir: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigErro
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    fn make_ca(path: &Path) {
+        let key = path.with_extension("key");
+        let out = Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1", "-subj", "/CN=t"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(path)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    #[test]
+    fn per_host_directories_and_a_flat_cert_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = dir.path().join("a/certs.d");
+        let b = dir.path().join("b/certs.d");
+        std::fs::create_dir_all(a.join("reg.example:5000")).unwrap();
+        std::fs::create_dir_all(b.join("reg.example:5000")).unwrap();
+        make_ca(&a.join("reg.example:5000/one.crt"));
+        make_ca(&b.join("reg.example:5000/two.crt"));
+        // Keys and client certificates are not CAs.
+        std::fs::write(b.join("reg.example:5000/client.cert"), "junk").unwrap();
+        let dirs = CertDirs { roots: vec![a.clone(), dir.path().join("missing"), b.clone()], cert_dir: None };
+        assert_eq!(dirs.roots_for("reg.example:5000").unwrap().len(), 2);
+        assert!(dirs.roots_for("reg.example").unwrap().is_empty(), "the port is part of the name");
+        for hostile in ["", "../a", "..", "x/../../etc"] {
+            assert!(dirs.roots_for(hostile).unwrap().is_empty(), "{hostile:?}");
+        }
+        let flat = CertDirs { roots: vec![], cert_dir: Some(a.join("reg.example:5000")) };
+        assert_eq!(flat.roots_for("any.host").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_bad_certificate_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("h")).unwrap();
+        std::fs::write(dir.path().join("h/ca.crt"), "not a certificate").unwrap();
+        let dirs = CertDirs { roots: vec![dir.path().to_path_buf()], cert_dir: None };
+        let e = dirs.roots_for("h").unwrap_err().to_string();
+        assert!(e.contains("ca.crt") && e.contains("no PEM certificate"), "{e}");
+    }
+}

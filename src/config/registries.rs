@@ -29,7 +29,8 @@ const SYSTEM_DIR: &str = "/etc/containers/registries.conf.d";
 /// Where to fetch an image from: a mirror or the registry itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
-    /// `host[:port]` to connect to.
+    /// `host[:port]` to connect to (the client connects to Docker Hub's
+    /// `docker.io` at registry-1.docker.io).
     pub host: String,
     /// The repository on that host.
     pub repository: String,
@@ -129,7 +130,15 @@ struct RawV1List {
 impl Registries {
     /// Reads the host's configuration (see the module comment for the files).
     pub fn load() -> Result<Registries, ConfigError> {
-        Registries::from_files(&config_files()?)
+        let files = config_files()?;
+        // A file named explicitly must exist: a typo should not silently
+        // mean "no configuration".
+        if std::env::var_os("CONTAINERS_REGISTRIES_CONF").is_some_and(|p| !p.is_empty()) {
+            if let Err(source) = std::fs::metadata(&files[0]) {
+                return Err(ConfigError::Read { path: files[0].clone(), source });
+            }
+        }
+        Registries::from_files(&files)
     }
 
     /// Reads and merges `files` in order; a missing file counts as empty.
@@ -559,5 +568,19 @@ mod tests {
             let e = Registries::parse(text, Path::new("/etc/x.conf")).unwrap_err().to_string();
             assert!(e.contains(want) && e.contains("/etc/x.conf"), "{text:?}: {e}");
         }
+    }
+}
+
+#[cfg(test)]
+mod host_tests {
+    /// The host's own files (Debian's podman ships a large shortnames.conf)
+    /// load without error.
+    #[test]
+    fn system_files_load() {
+        let files = [std::path::PathBuf::from(super::SYSTEM_FILE)]
+            .into_iter()
+            .chain(super::drop_ins(std::path::Path::new(super::SYSTEM_DIR)).unwrap())
+            .collect::<Vec<_>>();
+        super::Registries::from_files(&files).unwrap();
     }
 }

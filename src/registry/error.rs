@@ -22,7 +22,7 @@ pub enum RegistryError {
     Unauthorized { registry: String, credentials_sent: bool },
     #[error("registry {registry}: 403 Forbidden ({})", sent(*credentials_sent, "not permitted"))]
     Forbidden { registry: String, credentials_sent: bool },
-    /// `reference` is `REGISTRY/REPO:TAG` or `…@sha256:…`.
+    /// `repository` is `HOST/REPO`; `what` is `tag T` or `manifest sha256:…`.
     #[error("{what} not found in {repository}")]
     ManifestNotFound { repository: String, what: String },
     #[error("blob {digest} not found in {repository}")]
@@ -98,6 +98,9 @@ pub(crate) fn classify(registry: &str, e: &reqwest::Error) -> RegistryError {
                 std::io::ErrorKind::TimedOut => return RegistryError::Timeout { registry },
                 _ => {}
             }
+            if let Some(tls) = tls_error(io) {
+                return RegistryError::Tls { registry, reason: tls.to_string() };
+            }
         }
         if let Some(tls) = s.downcast_ref::<rustls::Error>() {
             return RegistryError::Tls { registry, reason: tls.to_string() };
@@ -123,6 +126,18 @@ pub(crate) fn classify(registry: &str, e: &reqwest::Error) -> RegistryError {
         return RegistryError::Connect { registry, reason: text };
     }
     RegistryError::Io { registry, reason: text }
+}
+
+/// The rustls error inside (possibly nested) io::Errors: io::Error's
+/// `source()` skips the error it wraps, so unwrap by hand.
+fn tls_error(io: &std::io::Error) -> Option<&rustls::Error> {
+    let mut inner = io.get_ref()?;
+    loop {
+        if let Some(tls) = inner.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        inner = inner.downcast_ref::<std::io::Error>()?.get_ref()?;
+    }
 }
 
 fn deepest(e: &(dyn std::error::Error + 'static)) -> String {

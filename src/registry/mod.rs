@@ -152,6 +152,12 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("tls_verify", &self.inner.opts.tls_verify).finish_non_exhaustive()
+    }
+}
+
 struct Inner {
     opts: ClientOptions,
     /// One reqwest client per (host, insecure): CAs are per host.
@@ -225,6 +231,30 @@ impl Client {
             }
         }
         Err(last.unwrap_or_else(|| no_endpoint(r)))
+    }
+
+    /// Resolves `r` as podman does and fetches its manifest: a qualified
+    /// reference is fetched as is; a short name is tried against its alias or
+    /// each unqualified-search registry in turn, and the first that has it
+    /// wins. Returns the reference that was found.
+    ///
+    /// When every candidate fails, the error is the first one that is not
+    /// "not found" (an auth or connection problem says more), else the first.
+    pub async fn resolve(&self, r: &RegistryRef, accept: &[&str]) -> Result<(RegistryRef, Manifest), RegistryError> {
+        let candidates = self.inner.opts.registries.candidates(r);
+        let mut errors = Vec::new();
+        for c in candidates {
+            match self.manifest(&c, accept).await {
+                Ok(m) => return Ok((c, m)),
+                Err(e @ (RegistryError::Config(_) | RegistryError::Client(_))) => return Err(e),
+                Err(e) => {
+                    tracing::info!("{}: {e}", c.name());
+                    errors.push(e);
+                }
+            }
+        }
+        let pick = errors.iter().position(|e| !matches!(e, RegistryError::ManifestNotFound { .. })).unwrap_or(0);
+        Err(if errors.is_empty() { no_endpoint(r) } else { errors.swap_remove(pick) })
     }
 
     /// Starts downloading blob `digest` of `r`'s repository from byte
@@ -374,6 +404,9 @@ impl Client {
                     refreshed = true;
                     if let Some(c) = challenge_of(resp.headers()) {
                         host.challenge = Some(c);
+                        // Remember it: a registry that let the ping through
+                        // anonymously would otherwise cost a 401 per request.
+                        self.inner.hosts.lock().await.insert((ep.host.clone(), insecure), host.clone());
                     }
                     self.inner.tokens.lock().expect("token cache").remove(&(ep.host.clone(), ep.repository.clone()));
                     if host.challenge.is_none() {
@@ -480,7 +513,8 @@ impl Client {
         if let Some(h) = hosts.get(&key) {
             return Ok(h.clone());
         }
-        let state = self.with_retries(|| self.ping(ep_host, insecure)).await?;
+        // No retries here: the caller retries the whole request.
+        let state = self.ping(ep_host, insecure).await?;
         hosts.insert(key, state.clone());
         Ok(state)
     }
@@ -561,8 +595,8 @@ impl Client {
         insecure: bool,
     ) -> Result<Token, RegistryError> {
         let bad = |reason: String| RegistryError::BadResponse { registry: ep.host.clone(), reason };
-        let mut url = Url::parse(realm).map_err(|e| bad(format!("token realm {realm:?}: {e}")))?;
-        if !matches!(url.scheme(), "http" | "https") {
+        let realm_url = Url::parse(realm).map_err(|e| bad(format!("token realm {realm:?}: {e}")))?;
+        if !matches!(realm_url.scheme(), "http" | "https") {
             return Err(bad(format!("token realm {realm:?} is not HTTP")));
         }
         let scope = format!("repository:{}:pull", ep.repository);
@@ -573,64 +607,50 @@ impl Client {
         let creds = self.credentials(ep).await?;
         let credentials_sent = creds.is_some();
         let started = Instant::now();
-        let resp = self
-            .with_retries(|| {
-                let creds = creds.clone();
-                let mut url = url.clone();
-                let scopes = scopes.clone();
-                async move {
-                    let (method, auth, body) = match creds.as_ref() {
-                        Some(Credentials { identity_token: Some(tok), .. }) => {
-                            // OAuth2 refresh-token grant, as docker and podman do.
-                            let mut form = url::form_urlencoded::Serializer::new(String::new());
-                            form.append_pair("grant_type", "refresh_token")
-                                .append_pair("refresh_token", tok)
-                                .append_pair("client_id", "berth");
-                            if let Some(s) = service {
-                                form.append_pair("service", s);
-                            }
-                            form.append_pair("scope", &scopes.join(" "));
-                            let body = form.finish().into_bytes();
-                            (Method::POST, None, Some(("application/x-www-form-urlencoded".to_string(), body)))
-                        }
-                        other => {
-                            {
-                                let mut q = url.query_pairs_mut();
-                                if let Some(s) = service {
-                                    q.append_pair("service", s);
-                                }
-                                for s in &scopes {
-                                    q.append_pair("scope", s);
-                                }
-                            }
-                            let auth = match other {
-                                Some(c) => Some(basic(&c.username, &c.password)?),
-                                None => None,
-                            };
-                            (Method::GET, auth, None)
-                        }
-                    };
-                    let resp = self.send(method, url, &HeaderMap::new(), auth, body, insecure, &ep.host).await?;
-                    match resp.status() {
-                        s if s.is_success() => Ok(resp),
-                        StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST if credentials_sent => {
-                            Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent })
-                        }
-                        StatusCode::UNAUTHORIZED => Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent }),
-                        StatusCode::FORBIDDEN => Err(RegistryError::Forbidden { registry: ep.host.clone(), credentials_sent }),
-                        s => Err(unexpected(&ep.host, s, &resp)),
+
+        let mut url = realm_url.clone();
+        let (method, auth, body) = match &creds {
+            Some(Credentials { identity_token: Some(tok), .. }) => {
+                // OAuth2 refresh-token grant, as docker and podman do.
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token").append_pair("refresh_token", tok).append_pair("client_id", "berth");
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                form.append_pair("scope", &scopes.join(" "));
+                let body = ("application/x-www-form-urlencoded".to_string(), form.finish().into_bytes());
+                (Method::POST, None, Some(body))
+            }
+            other => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    for s in &scopes {
+                        q.append_pair("scope", s);
                     }
                 }
-            })
-            .await?;
-        url.set_query(None);
-        let body = read_capped(resp, MAX_TOKEN_REPLY, &ep.host)
-            .await?
-            .ok_or_else(|| bad("token reply too large".into()))?;
+                let auth = other.as_ref().map(|c| basic(&c.username, &c.password)).transpose()?;
+                (Method::GET, auth, None)
+            }
+        };
+        let resp = self.send(method, url, &HeaderMap::new(), auth, body, insecure, &ep.host).await?;
+        match resp.status() {
+            s if s.is_success() => {}
+            // OAuth2 servers answer a bad refresh token with 400.
+            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST if credentials_sent => {
+                return Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent })
+            }
+            StatusCode::UNAUTHORIZED => return Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent }),
+            StatusCode::FORBIDDEN => return Err(RegistryError::Forbidden { registry: ep.host.clone(), credentials_sent }),
+            s => return Err(unexpected(&ep.host, s, &resp)),
+        }
+        let body = read_capped(resp, MAX_TOKEN_REPLY, &ep.host).await?.ok_or_else(|| bad("token reply too large".into()))?;
         let reply: challenge::TokenReply =
-            serde_json::from_slice(&body).map_err(|e| bad(format!("token reply from {url}: {e}")))?;
-        let (value, lifetime) = reply.into_token().ok_or_else(|| bad(format!("token reply from {url} has no token")))?;
-        tracing::debug!("token for {}/{} from {url}", ep.host, ep.repository);
+            serde_json::from_slice(&body).map_err(|e| bad(format!("token reply from {realm_url}: {e}")))?;
+        let (value, lifetime) = reply.into_token().ok_or_else(|| bad(format!("token reply from {realm_url} has no token")))?;
+        tracing::debug!("token for {}/{} from {realm_url}", ep.host, ep.repository);
         Ok(Token { value, expires: started + lifetime, credentials_sent })
     }
 
