@@ -244,7 +244,7 @@ impl LayerCache {
         let reader = unpack::decompress(&layer.media_type, blob)
             .map_err(|source| LayersError::MediaType { diff_id: layer.diff_id.clone(), source })?;
         // Decompress on a second thread, ahead of the writes.
-        let reader = unpack::decompress::read_ahead(reader);
+        let reader = unpack::read_ahead(reader);
         let mut opts = UnpackOptions::new(layer.diff_id.to_string(), WhiteoutMode::Overlay, self.ids);
         opts.diff_id = Some(layer.diff_id.clone());
         opts.limits = self.limits.clone();

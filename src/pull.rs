@@ -290,6 +290,9 @@ impl Job {
     async fn blob(self, what: &'static str, desc: Descriptor) -> Result<(), PullError> {
         let wrap = |source| PullError::Blob { reference: self.r.name(), what, digest: desc.digest.clone(), source: Box::new(source) };
         let bar = self.progress.blob(what, &desc.digest, desc.size);
+        if manifest::is_foreign(&desc.media_type) && !desc.urls.is_empty() {
+            tracing::debug!("{what} {}: foreign layer fetched from the registry, its urls ignored", desc.digest);
+        }
         let (s, d, size) = (self.store.clone(), desc.digest.clone(), desc.size);
         let ingest = blocking(move || s.ingest(&d, size).map_err(PullError::from)).await?;
         let Some(mut w) = ingest else {

@@ -331,3 +331,57 @@ fn rootless_pull_as_test_user() {
         assert_eq!(m.uid(), uid);
     }
 }
+
+#[test]
+fn foreign_layers_come_from_the_registry_never_their_urls() {
+    let reg = Registry::start();
+    // Anything that connects here is a request to the foreign URL.
+    let foreign = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    foreign.set_nonblocking(true).unwrap();
+    let url = format!("http://{}/layer.tar.gz", foreign.local_addr().unwrap());
+    let base = TarBuilder::new().file("base.txt", 0o644, b"windows base layer stand-in").finish();
+    let img = Image::build(
+        vec![
+            Layer::new(&base, Comp::Gzip, true)
+                .with_media_type("application/vnd.docker.image.rootfs.foreign.diff.tar.gzip")
+                .with_urls(&[&url]),
+            Layer::new(&busybox_tar(), Comp::Gzip, true),
+        ],
+        "linux/amd64",
+        Flavour::Docker,
+        None,
+    );
+    reg.push_image("foreign", "v1", &img);
+    let oci = Image::new(vec![Layer::new(&base, Comp::Zstd, false)
+        .with_media_type("application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
+        .with_urls(&[&url])]);
+    reg.push_image("foreign", "oci", &oci);
+    let env = Env::new();
+    env.run(&["pull", "-q", "--tls-verify=false", &format!("{}/foreign:v1", reg.host())]).ok();
+    env.run(&["pull", "-q", "--tls-verify=false", &format!("{}/foreign:oci", reg.host())]).ok();
+    assert!(foreign.accept().is_err(), "berth contacted a foreign layer URL");
+    let image = store(&env).image(&format!("{}/foreign:oci", reg.host())).unwrap();
+    assert_eq!(image.layers[0].compression, berth::store::Compression::Zstd);
+}
+
+#[test]
+fn oci_archive_with_a_symlinked_blob_is_refused() {
+    let img = small_image();
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    write_oci_layout(&layout, &[LayoutEntry::Image(&img, "v1")]);
+    // Replace one layer blob with a symlink to it elsewhere.
+    let blob = layout.join("blobs/sha256").join(hex_of(&img.layers[0].digest()));
+    let outside = dir.path().join("outside");
+    std::fs::rename(&blob, &outside).unwrap();
+    std::os::unix::fs::symlink(&outside, &blob).unwrap();
+    let archive = dir.path().join("linked.tar");
+    let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+    b.follow_symlinks(false);
+    b.append_dir_all(".", &layout).unwrap();
+    b.into_inner().unwrap();
+    let env = Env::new();
+    let line = env.run(&["pull", "-q", &format!("oci-archive:{}", archive.display())]).provision_failure();
+    assert!(line.contains(&img.layers[0].digest()) && line.contains("missing"), "{line}");
+    assert!(env.image_digests().is_empty());
+}

@@ -58,6 +58,9 @@ fn lower() -> Vec<Entry> {
         dir("data").mtime(12345).owner(1000, 1000),
         file("data/f", b"data").mtime(2000).owner(1000, 1000),
         file("big", &vec![7u8; 300_000]),
+        dir("lib"),
+        dir("lib/x").mtime(777),
+        file("lib/x/old", b"old"),
     ]
 }
 
@@ -78,6 +81,11 @@ fn upper() -> Vec<Entry> {
         // Whiteout of a path this same layer writes: ignored.
         file("mine", b"mine"),
         file(".wh.mine", b""),
+        // Whiteout of a directory this layer wrote into (no entry for the
+        // directory itself): the lower content goes, this layer's stays.
+        dir("lib"),
+        file("lib/x/only", b"only"),
+        file("lib/.wh.x", b""),
     ]
 }
 
@@ -183,6 +191,8 @@ fn check_expected(root: &Path) {
     // An image's own user.overlay.opaque does not hide anything.
     assert_eq!(read("podman/lowerfile"), b"kept");
     assert_eq!(read("mine"), b"mine");
+    let x: Vec<_> = fs::read_dir(root.join("lib/x")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(x, vec!["only"]);
     assert_eq!(fs::read_link(root.join("bin")).unwrap(), Path::new("usr/bin"));
     let md = fs::metadata(root.join("usr/bin/su")).unwrap();
     assert_eq!(md.mode() & 0o7777, 0o4755);

@@ -55,6 +55,7 @@ fn image() -> Vec<Entry> {
             v[..4].copy_from_slice(&0x0200_0001u32.to_le_bytes());
             v
         }),
+        file("trusted", b"t").xattr("trusted.x", b"1").xattr("security.selinux", b"system_u:object_r:bin_t:s0"),
         dir("ro").mode(0o555),
         file("ro/inside", b"i"),
         file("gone", b"g"),
@@ -85,7 +86,8 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
     (tmp, work)
 }
 
-fn run_child(tmp: &Path, work: &Path, test: &str, userns: bool) {
+/// Runs one child test; returns its output.
+fn run_child(tmp: &Path, work: &Path, test: &str, userns: bool) -> String {
     let exe = tmp.join("test-bin");
     let mut cmd = Command::new("runuser");
     cmd.args(["-u", USER, "--"]);
@@ -98,6 +100,19 @@ fn run_child(tmp: &Path, work: &Path, test: &str, userns: bool) {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "child {test} failed:\n{text}");
     assert!(text.contains("1 passed"), "child {test} did not run:\n{text}");
+    text
+}
+
+/// Logs of the child to its stderr, as berth's CLI does.
+fn log_to_stderr() {
+    let _ = tracing_subscriber::fmt().with_max_level(tracing::Level::WARN).with_writer(std::io::stderr).try_init();
+}
+
+/// Unwritable xattrs: one warning for the layer that has them, whatever
+/// their number.
+fn assert_one_xattr_warning(text: &str) {
+    let n = text.matches("skipping extended attributes").count();
+    assert_eq!(n, 1, "{text}");
 }
 
 fn sources(work: &Path) -> Vec<LayerSource> {
@@ -124,6 +139,7 @@ fn child_work() -> PathBuf {
 #[test]
 #[ignore = "run as berthtest by rootless_squash"]
 fn child_squash() {
+    log_to_stderr();
     let work = child_work();
     let cache = LayerCache::open(&work.join("store"), "rootless-squash", IdPolicy::Squash).unwrap();
     let dirs = cache.ensure(&sources(&work)).unwrap();
@@ -143,7 +159,8 @@ fn child_squash() {
 #[test]
 fn rootless_squash() {
     let (tmp, work) = prepare();
-    run_child(tmp.path(), &work, "child_squash", false);
+    let text = run_child(tmp.path(), &work, "child_squash", false);
+    assert_one_xattr_warning(&text);
     let (uid, gid) = user_ids();
     let root = work.join("rootfs");
     for p in ["etc/passwd", "home/user", "home/user/.profile", "etc/last", "su", "ro/later"] {
@@ -164,6 +181,7 @@ fn rootless_squash() {
 #[test]
 #[ignore = "run as uid 0 of berthtest's user namespace by rootless_userns_keep"]
 fn child_userns_keep() {
+    log_to_stderr();
     let work = child_work();
     let keep = IdPolicy::Keep { max_uid: 65535, max_gid: 65535 };
     let cache = LayerCache::open(&work.join("store"), "rootless-keep", keep).unwrap();
@@ -183,7 +201,8 @@ fn child_userns_keep() {
 #[test]
 fn rootless_userns_keep() {
     let (tmp, work) = prepare();
-    run_child(tmp.path(), &work, "child_userns_keep", true);
+    let text = run_child(tmp.path(), &work, "child_userns_keep", true);
+    assert_one_xattr_warning(&text);
     let (uid, gid) = user_ids();
     let (subuid, subgid) = (subid_start("/etc/subuid"), subid_start("/etc/subgid"));
     // Container id n >= 1 is subuid + n - 1 on disk; 0 is the user.

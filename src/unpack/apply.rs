@@ -313,6 +313,14 @@ impl<'a> Applier<'a> {
         Ok(cur)
     }
 
+    /// Gives `dir` the metadata of a directory the layer implies but does
+    /// not describe (0755, mtime 0), unless it has an entry of its own.
+    pub fn implied_dir(&mut self, dir: &Name) {
+        if self.written.get(dir.as_bytes()) != Some(&true) {
+            self.dirs.insert(dir.as_bytes().to_vec(), DirMeta { mode: 0o755, mtime: (0, 0) });
+        }
+    }
+
     /// `dir` resolved in-root if it exists, as a directory.
     pub fn existing_dir_fd(&self, dir: &Name) -> Result<Option<Rc<OwnedFd>>, ErrorKind> {
         if dir.is_root() {

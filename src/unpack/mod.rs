@@ -31,7 +31,7 @@ use std::path::Path;
 
 use crate::digest::Digest;
 
-pub use decompress::{decompress, UnsupportedMediaType};
+pub use decompress::{decompress, read_ahead, UnsupportedMediaType};
 pub use ids::IdPolicy;
 pub use xattr::OVERLAY_XATTR_PREFIX;
 

@@ -39,6 +39,15 @@ pub(crate) fn apply(ap: &mut Applier<'_>, parent: &Name, target: &[u8]) -> Resul
         tracing::debug!(layer = %ap.opts.layer, entry = %name.display(), "ignoring a whiteout of a path of the same layer");
         return Ok(());
     }
+    if ap.ancestors.contains(name.as_bytes()) {
+        // This layer wrote below the whited-out path (without an entry for
+        // the directory itself): the lower directory goes, this layer's
+        // content in it stays. That is an opaque directory, which the
+        // layer never described: it gets the fixed metadata of an implied
+        // directory in both modes.
+        ap.implied_dir(&name);
+        return opaque(ap, &name);
+    }
     let base = CString::new(target).map_err(|_| ErrorKind::BadName("contains a NUL byte"))?;
     match ap.opts.whiteouts {
         WhiteoutMode::Flatten => {

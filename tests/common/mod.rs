@@ -141,9 +141,12 @@ impl Registry {
                 self.port = free_port();
             }
             let root = self.dir.path();
+            // Foreign-layer URLs on loopback are accepted (distribution rejects
+            // manifests with `urls` unless allowed).
             let mut config = format!(
                 "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
                  storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+                 validation:\n  manifests:\n    urls:\n      allow:\n        - ^http://127\\.0\\.0\\.1[:/]\n\
                  http:\n  addr: 127.0.0.1:{}\n",
                 root.join("storage").display(),
                 self.port
@@ -456,6 +459,8 @@ pub struct Layer {
     /// Digest of the uncompressed tar.
     pub diff_id: String,
     pub media_type: String,
+    /// `urls` of the descriptor (foreign layers).
+    pub urls: Vec<String>,
 }
 
 impl Layer {
@@ -478,7 +483,7 @@ impl Layer {
             (Comp::None, true) => "application/vnd.docker.image.rootfs.diff.tar",
             (Comp::Gzip, true) => "application/vnd.docker.image.rootfs.diff.tar.gzip",
         };
-        Layer { blob, diff_id: sha256(tar), media_type: media_type.into() }
+        Layer { blob, diff_id: sha256(tar), media_type: media_type.into(), urls: Vec::new() }
     }
 
     /// Same bytes under another media type (foreign layers, bad types).
@@ -487,8 +492,22 @@ impl Layer {
         self
     }
 
+    /// Same layer, its descriptor listing `urls` to fetch it from.
+    pub fn with_urls(mut self, urls: &[&str]) -> Layer {
+        self.urls = urls.iter().map(|u| u.to_string()).collect();
+        self
+    }
+
     pub fn digest(&self) -> String {
         sha256(&self.blob)
+    }
+
+    fn descriptor(&self) -> serde_json::Value {
+        let mut d = serde_json::json!({"mediaType": self.media_type, "digest": self.digest(), "size": self.blob.len()});
+        if !self.urls.is_empty() {
+            d["urls"] = self.urls.clone().into();
+        }
+        d
     }
 }
 
@@ -559,9 +578,7 @@ impl Image {
             "schemaVersion": 2,
             "mediaType": self.media_type,
             "config": {"mediaType": config_type, "digest": sha256(&self.config), "size": self.config.len()},
-            "layers": self.layers.iter().map(|l| serde_json::json!({
-                "mediaType": l.media_type, "digest": l.digest(), "size": l.blob.len(),
-            })).collect::<Vec<_>>(),
+            "layers": self.layers.iter().map(Layer::descriptor).collect::<Vec<_>>(),
         }))
         .unwrap()
     }
