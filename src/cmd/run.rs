@@ -20,7 +20,7 @@ pub struct RunArgs {
     /// Add a sidecar container NAME=IMAGE (repeatable).
     #[arg(long, value_name = "NAME=IMAGE")]
     pub sidecar: Vec<String>,
-    /// Command for a sidecar: NAME=CMD ARGS... (split on whitespace; repeatable).
+    /// Command for a sidecar: 'NAME=CMD ARGS...' (shell-style quoting; repeatable).
     #[arg(long, value_name = "NAME=CMD")]
     pub sidecar_cmd: Vec<String>,
     /// Environment variable for the main container (repeatable).
