@@ -103,6 +103,8 @@ pub fn gc(g: &Global, _a: GcArgs) -> anyhow::Result<u8> {
         report.ingest_removed,
         human(report.bytes_freed)
     );
+    drop(store);
+    super::provision::Provision::open(g, false)?.gc_layers()?;
     Ok(0)
 }
 

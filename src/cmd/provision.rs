@@ -132,7 +132,21 @@ impl Provision {
                 .map(|l| JobLayer { blob: l.path.clone(), media_type: l.media_type.clone(), diff_id: l.diff_id.clone() })
                 .collect(),
             flatten_to,
+            gc_keep: None,
         }
+    }
+
+    /// Removes cached layers that no image in the store refers to. Runs in
+    /// the user namespace: the layer files belong to the mapped ids.
+    pub fn gc_layers(&self) -> anyhow::Result<()> {
+        let mut keep = Vec::new();
+        for record in self.store.images()? {
+            if let Ok(image) = self.store.image_of(record) {
+                keep.extend(image.layers.into_iter().map(|l| l.diff_id));
+            }
+        }
+        let job = UnpackJob { key: self.key.clone(), keep: None, layers: Vec::new(), flatten_to: None, gc_keep: Some(keep) };
+        self.unpack_in_namespace(&job).context("removing unused layers")
     }
 
     fn unpack_in_namespace(&self, job: &UnpackJob) -> anyhow::Result<()> {
@@ -175,7 +189,11 @@ pub struct UnpackJob {
     pub keep: Option<(u32, u32)>,
     pub layers: Vec<JobLayer>,
     /// Also write a self-contained rootfs here.
+    #[serde(default)]
     pub flatten_to: Option<PathBuf>,
+    /// Instead: remove every cached layer (of any mapping) not in this set.
+    #[serde(default)]
+    pub gc_keep: Option<Vec<Digest>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -193,6 +211,19 @@ pub fn unpack_job(g: &Global, job_file: &Path) -> anyhow::Result<u8> {
         Some((max_uid, max_gid)) => IdPolicy::Keep { max_uid, max_gid },
         None => IdPolicy::Squash,
     };
+    if let Some(keep) = job.gc_keep {
+        let keep: std::collections::HashSet<Digest> = keep.into_iter().collect();
+        let mut removed = 0;
+        for entry in std::fs::read_dir(root.join("layers"))? {
+            let key = entry?.file_name();
+            let Some(key) = key.to_str() else { continue };
+            if let Ok(cache) = LayerCache::open(&root, key, ids) {
+                removed += cache.gc(&keep)?;
+            }
+        }
+        eprintln!("removed {removed} unpacked layers");
+        return Ok(0);
+    }
     let cache = LayerCache::open(&root, &job.key, ids)?;
     let sources: Vec<LayerSource> = job
         .layers

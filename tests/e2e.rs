@@ -1,0 +1,171 @@
+//! End to end, as the unprivileged test user: images pushed to a real
+//! registry, pulled, unpacked, bundled and run as a pod by berth alone.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::*;
+
+/// busybox-static with every applet the pod tests use (httpd, wget, …),
+/// plus a second layer that owns a file as uid 1000 and a setuid file.
+fn full_image() -> Image {
+    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
+    let mut t = TarBuilder::new()
+        .dir("bin", 0o755)
+        .dir("etc", 0o755)
+        .dir("tmp", 0o1777)
+        .dir("root", 0o700)
+        .file("bin/busybox", 0o755, &busybox)
+        .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n")
+        .file("etc/group", 0o644, b"root:x:0:\nbuilder:x:1000:\n");
+    for a in ["sh", "ls", "cat", "echo", "true", "false", "sleep", "id", "wget", "httpd", "stat", "sha256sum", "head", "kill", "mount", "ps", "ip"] {
+        t = t.symlink(&format!("bin/{a}"), "busybox");
+    }
+    Image::new(vec![Layer::new(&t.finish(), Comp::Gzip, false), Layer::new(&owned_layer(), Comp::Zstd, false)])
+}
+
+fn owned_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, mode, uid) in [("home/builder/", 0o755 | 0o040000, 1000u64), ("home/builder/notes", 0o644, 1000)] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_mode(mode & 0o7777);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        let data: &[u8] = if path.ends_with('/') { b"" } else { b"mine\n" };
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+struct Setup {
+    _reg: Registry,
+    env: Env,
+    image: String,
+}
+
+fn setup() -> Setup {
+    let reg = Registry::start();
+    reg.push_image("berth/busybox", "latest", &full_image());
+    let env = Env::for_test_user();
+    // Pod files name `localhost:5000/...`; registries.conf points it here.
+    env.registries_conf(&format!(
+        "[[registry]]\nprefix = \"localhost:5000\"\nlocation = \"{}\"\ninsecure = true\n",
+        reg.host()
+    ));
+    let image = format!("{}/berth/busybox:latest", reg.host());
+    Setup { _reg: reg, env, image }
+}
+
+#[test]
+fn demo_pod_file_runs_with_init_sidecar_and_main() {
+    let s = setup();
+    let pod = s.env.path().join("demo.yaml");
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/bundles/demo.yaml"), &pod).unwrap();
+    s.env.chown();
+    let run = s.env.run_as_user(&["run", "--grace", "1", "--pod", pod.to_str().unwrap()]);
+    assert_eq!(run.code, 7, "the main container's status passes through: {run:?}");
+    // Exactly what the main container wrote: nothing of berth's.
+    assert_eq!(run.stdout, "hello from the init container\n");
+    assert!(run.stderr.contains("pulling"), "progress goes to stderr: {}", run.stderr);
+    // No state left behind.
+    let pods = std::fs::read_dir(s.env.run_root.join("pods")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(pods, 0, "pod state left behind");
+}
+
+#[test]
+fn shorthand_run_stdio_and_image_ownership() {
+    let s = setup();
+    s.env.run_as_user(&["pull", "-q", "--tls-verify=false", &s.image]).ok();
+    // stdin reaches main, stdout is its own, the exit code passes through.
+    let mut cmd = s.env.berth_as_user(&["run", &s.image, "--", "sh", "-c", "cat; id -u; stat -c %u /home/builder/notes; exit 4"]);
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(b"through the pod\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through the pod\n0\n1000\n");
+    assert!(out.stderr.is_empty(), "a cached image run prints nothing: {}", String::from_utf8_lossy(&out.stderr));
+    // On the host, uid 1000 of the image is the 1000th subordinate id.
+    let layers = s.env.root.join("layers");
+    let notes = walk(&layers).into_iter().find(|p| p.ends_with("home/builder/notes")).expect("unpacked layer");
+    let uid = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(notes).unwrap());
+    assert_eq!(uid, 100_000 + 999, "uid 1000 maps to subuid start + 999");
+}
+
+#[test]
+fn shorthand_sidecar_is_reachable_by_name() {
+    let s = setup();
+    let run = s.env.run_as_user(&[
+        "run", "--tls-verify=false", "--grace", "0",
+        "--sidecar", &format!("web={}", s.image),
+        "--sidecar-cmd", "web=sh -c 'echo pong > /tmp/ping; httpd -f -p 8080 -h /tmp'",
+        &s.image, "--", "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do wget -qO- http://web:8080/ping && exit 0; sleep 0.2; done; exit 1",
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "pong\n");
+}
+
+#[test]
+fn missing_image_is_a_provisioning_failure() {
+    let s = setup();
+    let missing = s.image.replace("berth/busybox", "berth/nothing-here");
+    let run = s.env.run_as_user(&["run", "--tls-verify=false", &missing, "--", "true"]);
+    let line = run.provision_failure();
+    assert!(line.contains("not found"), "{line}");
+    // Malformed references and broken pod files are 125 too.
+    let run = s.env.run_as_user(&["run", "Not/A/Valid:Ref:", "--", "true"]);
+    run.provision_failure();
+    let bad = s.env.path().join("bad.yaml");
+    std::fs::write(&bad, "apiVersion: v1\nkind: Pod\nmetadata:\n  name: x\nspec:\n  containers:\n    - name: Bad_Name\n      image: busybox\n").unwrap();
+    s.env.chown();
+    let line = s.env.run_as_user(&["run", "--pod", bad.to_str().unwrap()]).provision_failure();
+    assert!(line.contains("bad.yaml:7:"), "file:line:column: {line}");
+}
+
+#[test]
+fn bundle_is_self_contained_and_cached() {
+    let s = setup();
+    let dir = s.env.home.join("b1");
+    let run = s.env.run_as_user(&["bundle", "--tls-verify=false", &s.image, dir.to_str().unwrap(), "--", "id"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.is_empty());
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["process"]["args"], serde_json::json!(["id"]));
+    assert!(dir.join("rootfs/bin/busybox").is_file());
+    assert!(std::fs::symlink_metadata(dir.join("rootfs/etc/hosts")).unwrap().is_file());
+    // The cache is reused: a second bundle unpacks nothing new.
+    let layers_before = walk(&s.env.root.join("layers")).len();
+    let dir2 = s.env.home.join("b2");
+    s.env.run_as_user(&["bundle", &s.image, dir2.to_str().unwrap()]).ok();
+    assert_eq!(walk(&s.env.root.join("layers")).len(), layers_before);
+    // A non-empty target is refused and left alone.
+    let line = s.env.run_as_user(&["bundle", &s.image, dir.to_str().unwrap()]).provision_failure();
+    assert!(line.contains("not empty"), "{line}");
+    assert!(dir.join("config.json").is_file());
+    // gc keeps layers of stored images and removes the rest.
+    s.env.run_as_user(&["rmi", &s.image]).ok();
+    s.env.run_as_user(&["gc"]).ok();
+    assert!(walk(&s.env.root.join("layers")).iter().all(|p| !p.ends_with("bin/busybox")), "gc left unreferenced layers");
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
