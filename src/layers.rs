@@ -75,13 +75,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Lay
     move |source| LayersError::Io { op, path: path.to_path_buf(), source }
 }
 
-/// One line of an id map: `count` ids from `inside` map to `outside`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IdRange {
-    pub inside: u32,
-    pub outside: u32,
-    pub count: u32,
-}
+pub use crate::userns::IdRange;
 
 /// A short key for the cache directory naming an id mapping: the same
 /// mapping and policy always give the same key, any difference another.
@@ -89,7 +83,7 @@ pub fn mapping_key(rootless: bool, uid_map: &[IdRange], gid_map: &[IdRange], ids
     let mut h = Sha256::new();
     let mut line = |tag: &str, m: &[IdRange]| {
         for r in m {
-            h.update(format!("{tag} {} {} {}\n", r.inside, r.outside, r.count));
+            h.update(format!("{tag} {} {} {}\n", r.container, r.host, r.count));
         }
     };
     line("uid", uid_map);
@@ -452,7 +446,7 @@ mod tests {
 
     #[test]
     fn mapping_keys_differ_by_mapping_and_mode() {
-        let m = [IdRange { inside: 0, outside: 1000, count: 1 }, IdRange { inside: 1, outside: 100000, count: 65536 }];
+        let m = [IdRange { container: 0, host: 1000, count: 1 }, IdRange { container: 1, host: 100000, count: 65536 }];
         let keep = IdPolicy::Keep { max_uid: 65536, max_gid: 65536 };
         let a = mapping_key(true, &m, &m, keep);
         assert_eq!(a, mapping_key(true, &m, &m, keep));

@@ -14,6 +14,7 @@
 pub mod paths;
 pub mod exit;
 pub mod digest;
+pub mod media;
 
 // Stage 1: pull.
 pub mod reference;

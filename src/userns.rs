@@ -130,6 +130,11 @@ impl IdMapping {
         self.uids.iter().map(|r| r.container + (r.count - 1)).max().unwrap_or(0)
     }
 
+    /// The highest container gid that is mapped.
+    pub fn max_gid(&self) -> u32 {
+        self.gids.iter().map(|r| r.container + (r.count - 1)).max().unwrap_or(0)
+    }
+
     fn map_text(ranges: &[IdRange]) -> String {
         ranges.iter().map(|r| format!("{} {} {}\n", r.container, r.host, r.count)).collect()
     }

@@ -241,14 +241,10 @@ fn ids_policy(mapping: &IdMapping, squash: bool) -> IdPolicy {
     if squash || !mapping.is_full() {
         return IdPolicy::Squash;
     }
-    let max = |rs: &[userns::IdRange]| rs.iter().map(|r| r.container + (r.count - 1)).max().unwrap_or(0);
-    IdPolicy::Keep { max_uid: max(&mapping.uids), max_gid: max(&mapping.gids) }
+    IdPolicy::Keep { max_uid: mapping.max_uid(), max_gid: mapping.max_gid() }
 }
 
 fn cache_key(mapping: &IdMapping, ids: IdPolicy) -> String {
-    let conv = |rs: &[userns::IdRange]| {
-        rs.iter().map(|r| layers::IdRange { inside: r.container, outside: r.host, count: r.count }).collect::<Vec<_>>()
-    };
     let rootless = !nix::unistd::Uid::current().is_root();
-    layers::mapping_key(rootless, &conv(&mapping.uids), &conv(&mapping.gids), ids)
+    layers::mapping_key(rootless, &mapping.uids, &mapping.gids, ids)
 }

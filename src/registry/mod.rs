@@ -52,18 +52,9 @@ use crate::config::{AuthFiles, CertDirs, Credentials, Endpoint, Registries};
 use crate::digest::Digest;
 use crate::reference::{RegistryRef, DOCKER_HUB};
 
-/// Manifest media types.
-pub mod media {
-    pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-    pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-    pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
-    pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-    /// Every manifest kind berth can use, for `Accept`.
-    pub const ALL_MANIFESTS: &[&str] = &[OCI_INDEX, OCI_MANIFEST, DOCKER_LIST, DOCKER_MANIFEST];
-}
+pub use crate::media;
 
-/// Largest manifest berth reads (containerd and c/image use 4 MiB too).
-pub const MAX_MANIFEST_SIZE: u64 = 4 << 20;
+pub use crate::media::MAX_MANIFEST_SIZE;
 /// Largest token-endpoint reply berth reads.
 const MAX_TOKEN_REPLY: u64 = 1 << 20;
 const MAX_REDIRECTS: usize = 10;
