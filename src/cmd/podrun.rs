@@ -157,9 +157,13 @@ fn plan_and_launch(
         for d in [&upper, &work] {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
         }
+        // A volume mounted where the workspace goes *is* the workspace (so a
+        // pod file that also runs on Kubernetes can declare it): berth's
+        // workspace bind takes its place.
         let mounts = c
             .volume_mounts
             .iter()
+            .filter(|m| m.mount_path.trim_end_matches('/') != a.workspace_path.trim_end_matches('/'))
             .map(|m| BindMount { source: volumes[m.name.as_str()].clone(), destination: m.mount_path.clone(), read_only: m.read_only })
             .collect();
         containers.push(PlannedContainer {
