@@ -67,12 +67,20 @@ fn demo_pod_file_runs_with_init_sidecar_and_main() {
     let s = setup();
     let pod = s.env.path().join("demo.yaml");
     std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/bundles/demo.yaml"), &pod).unwrap();
+    let ws = s.env.home.join("ws");
+    std::fs::create_dir(&ws).unwrap();
     s.env.chown();
-    let run = s.env.run_as_user(&["run", "--grace", "1", "--pod", pod.to_str().unwrap()]);
+    let run = s.env.run_as_user(&["run", "--grace", "1", "--workspace", ws.to_str().unwrap(), "--pod", pod.to_str().unwrap()]);
     assert_eq!(run.code, 7, "the main container's status passes through: {run:?}");
     // Exactly what the main container wrote: nothing of berth's.
     assert_eq!(run.stdout, "hello from the init container\n");
     assert!(run.stderr.contains("pulling"), "progress goes to stderr: {}", run.stderr);
+    // The pod's `workspace` volume is berth's workspace: the init
+    // container's file is on the host, owned by the invoking user.
+    let hello = ws.join("hello.txt");
+    assert_eq!(std::fs::read_to_string(&hello).unwrap(), "hello from the init container\n");
+    let owner = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap().uid.as_raw();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&hello).unwrap()), owner);
     // No state left behind.
     let pods = std::fs::read_dir(s.env.run_root.join("pods")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(pods, 0, "pod state left behind");
