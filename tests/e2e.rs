@@ -177,3 +177,56 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn container_cannot_see_the_store_or_host() {
+    let s = setup();
+    let store = s.env.root.display().to_string();
+    let run = s.env.run_as_user(&[
+        "run", "--tls-verify=false", &s.image, "--", "sh", "-c",
+        &format!("ls {store} 2>/dev/null && exit 1; ls /proc | grep -c '^[0-9]' ; cat /proc/self/uid_map | head -1"),
+    ]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let mut lines = run.stdout.lines();
+    let procs: usize = lines.next().unwrap().trim().parse().unwrap();
+    assert!(procs <= 3, "the container sees only its own processes, saw {procs}");
+    let uid = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap().uid.as_raw();
+    let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(map, ["0", &uid.to_string(), "1"], "uid 0 in the container is the invoking user");
+}
+
+/// A user without subordinate ids: one id is mapped, every owner squashed
+/// to the user, with a warning; the pod still runs.
+#[test]
+fn user_without_subordinate_ids_gets_squashed_owners() {
+    const SOLO: &str = "berthsolo";
+    if !is_root() {
+        eprintln!("skipped: needs root to create the user {SOLO}");
+        return;
+    }
+    if nix::unistd::User::from_name(SOLO).unwrap().is_none() {
+        let ok = std::process::Command::new("useradd")
+            .args(["-m", "-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0", SOLO])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok || nix::unistd::User::from_name(SOLO).unwrap().is_some(), "useradd {SOLO}");
+    }
+    let subuid = std::fs::read_to_string("/etc/subuid").unwrap_or_default();
+    assert!(!subuid.lines().any(|l| l.starts_with(&format!("{SOLO}:"))), "{SOLO} must have no subuid range");
+
+    let reg = Registry::start();
+    reg.push_image("berth/busybox", "latest", &full_image());
+    let image = format!("{}/berth/busybox:latest", reg.host());
+    let env = Env::new();
+    std::process::Command::new("chown").args(["-R", SOLO]).arg(env.path()).status().unwrap();
+    let cmd = env.berth(&["run", "--tls-verify=false", &image, "--", "sh", "-c", "stat -c %u /home/builder/notes; id -u"]);
+    let berth = cmd.get_program().to_owned();
+    let vars: Vec<String> = cmd.get_envs().filter_map(|(k, v)| Some(format!("{}={}", k.to_str()?, v?.to_str()?))).collect();
+    let mut solo = std::process::Command::new("runuser");
+    solo.args(["-u", SOLO, "--", "env", "-i"]).args(&vars).arg(berth).args(cmd.get_args());
+    let run = Run::of(solo);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.stdout, "0\n0\n", "uid 1000 of the image is squashed to the user (0 inside)");
+    assert!(run.stderr.contains("subordinate"), "a warning names the missing range: {}", run.stderr);
+}
