@@ -66,6 +66,10 @@ fn demo_bundle_is_the_readme_demo() {
     let web = &pod.containers[1];
     assert_eq!(web.name, "web");
     assert_eq!(web.args, Some(vec![]), "command without args drops the image's Cmd");
+    // httpd alone, as PID 1 of its container, would ignore SIGTERM.
+    let cmd = web.command.as_ref().unwrap();
+    assert_eq!(cmd[..2], ["sh", "-c"]);
+    assert!(cmd[2].starts_with("trap 'exit 0' TERM;") && cmd[2].contains("httpd -f -p 8080 -h /workspace"), "{cmd:?}");
     let probe = web.readiness.as_ref().unwrap();
     assert_eq!(probe.action, ProbeAction::TcpSocket(8080), "named port resolved");
     assert_eq!((probe.initial_delay_ms, probe.period_ms, probe.timeout_ms, probe.failure_threshold), (0, 1000, 1000, 30));
