@@ -299,6 +299,21 @@ fn pod_level_fields() {
 }
 
 #[test]
+fn termination_grace_period() {
+    let with = |g: &str| format!("{HEAD}spec:\n  terminationGracePeriodSeconds: {g}\n  containers:\n  - name: a\n    image: b\n");
+    let (pod, w) = parse(&with("30"));
+    assert!(w.is_empty(), "honoured, so no warning: {w:?}");
+    assert_eq!(pod.grace_seconds, Some(30));
+    // 0 means at once (SIGKILL), not unset.
+    assert_eq!(parse(&with("0")).0.grace_seconds, Some(0));
+    assert_eq!(parse(&with_container_fields("")).0.grace_seconds, None);
+    for bad in ["-1", "1e3", "x", "4294967296"] {
+        let (line, _, msg) = error(&with(bad));
+        assert_eq!(line, 6, "{bad}: {msg}");
+    }
+}
+
+#[test]
 fn generate_name_and_yaml_features() {
     let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  generateName: ci-\nspec:\n  containers:\n  - &base {name: a, image: busybox, workingDir: /w}\n  - <<: *base\n    name: b\n";
     let (pod, w) = parse(text);
