@@ -276,3 +276,33 @@ fn ps_and_verbose_run_report_peak_memory() {
         .unwrap_or_else(|| panic!("no peak memory line with -v: {stderr}"));
     assert!(mib >= 64, "{stderr}");
 }
+
+/// Not a timed test: the per-container cost of an overlay root against a
+/// copied one for the busybox image, `berth run IMAGE -- true` end to end
+/// and the root filesystem step alone (from the pod process's debug log).
+/// `cargo test --test run_options rootfs_cost -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn rootfs_cost_overlay_vs_copy() {
+    let mut s = setup();
+    s.env.vars.push(("NO_COLOR".into(), "1".into()));
+    s.env.run_as_user(&["run", &s.image, "--", "true"]).ok(); // unpack the layers once
+    for mode in ["overlay", "copy"] {
+        let mut walls = Vec::new();
+        let mut steps = Vec::new();
+        for _ in 0..15 {
+            let started = Instant::now();
+            let run = s.env.run_as_user(&["-vv", "run", "--rootfs", mode, &s.image, "--", "true"]).ok();
+            walls.push(started.elapsed());
+            let step = run
+                .stderr
+                .lines()
+                .find(|l| l.contains("mounted overlay root") || l.contains("copied root filesystem"))
+                .and_then(|l| l.split("elapsed=").nth(1)?.split_whitespace().next().map(str::to_string))
+                .unwrap_or_else(|| panic!("no rootfs timing in {}", run.stderr));
+            steps.push(step);
+        }
+        walls.sort();
+        println!("--rootfs {mode}: berth run -- true median {:?} (min {:?}); rootfs step: {}", walls[walls.len() / 2], walls[0], steps.join(" "));
+    }
+}
