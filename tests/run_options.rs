@@ -237,7 +237,7 @@ fn any_command_removes_a_killed_pods_state_but_not_kept_state() {
     assert_eq!(unsafe { libc::kill(berth_pid(&child), libc::SIGKILL) }, 0);
     let _ = child.wait();
     assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-        std::fs::read(e.path().join("cmdline")).map(|c| !String::from_utf8_lossy(&c).contains("sleep\01001")).unwrap_or(true)
+        std::fs::read(e.path().join("cmdline")).map(|c| !String::from_utf8_lossy(&c).contains("sleep\x001001")).unwrap_or(true)
     })), "the pod died with berth");
     assert!(state.is_dir(), "nothing has cleaned up yet");
     // Not run or ps: a listing of images does it too.

@@ -8,7 +8,7 @@
 //!   logs/<container>.log   output of init containers and sidecars
 //!   etc/hosts, etc/hostname, etc/resolv.conf   bind-mounted into every container
 //!   bundles/<container>/config.json            the bundle adjusted for the pod
-//!   rootfs/<container>/    overlay mount point
+//!   rootfs/<container>/    overlay mount point, or the private copy (--rootfs copy)
 //!   containers/            libcontainer's state root
 //!   kept                   present when `berth run --keep` asked to keep the state
 //! ```
