@@ -118,6 +118,12 @@ pub fn main() -> ExitCode {
 
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
+    // Any berth command removes what a SIGKILLed `berth run` left behind
+    // (cheap: it reads one small file per pod). Not the re-executed
+    // internals: they run inside a pod or user namespace.
+    if !matches!(cli.command, Command::Internal(_)) {
+        crate::runtime::state::clean_dead(&g.paths().run_root);
+    }
     match cli.command {
         Command::Pull(a) => cmd::pull::run(g, a),
         Command::Images(a) => cmd::images::images(g, a),

@@ -335,6 +335,13 @@ impl LayerCache {
     }
 }
 
+/// [`LayerCache::flatten`] from layer dirs alone, for a caller that knows
+/// the dirs and the cache's ownership policy but not the cache (the pod
+/// process copying a container's rootfs where overlay is not allowed).
+pub fn flatten_dirs(dirs: &[PathBuf], dest: &Path, ids: IdPolicy) -> Result<(), LayersError> {
+    LayerCache { dir: PathBuf::new(), ids, limits: Limits::default(), jobs: 1 }.flatten(dirs, dest)
+}
+
 type CopyResult = Result<(), (Name, ErrorKind)>;
 
 /// Applies the layer directory open as `src` (its subtree `rel`) through

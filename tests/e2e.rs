@@ -70,8 +70,13 @@ fn demo_pod_file_runs_with_init_sidecar_and_main() {
     let ws = s.env.home.join("ws");
     std::fs::create_dir(&ws).unwrap();
     s.env.chown();
-    let run = s.env.run_as_user(&["run", "--grace", "1", "--workspace", ws.to_str().unwrap(), "--pod", pod.to_str().unwrap()]);
+    // The default grace (5 s): the sidecar stops on SIGTERM by design, so
+    // teardown does not wait it out.
+    let started = std::time::Instant::now();
+    let run = s.env.run_as_user(&["run", "--workspace", ws.to_str().unwrap(), "--pod", pod.to_str().unwrap()]);
+    let took = started.elapsed();
     assert_eq!(run.code, 7, "the main container's status passes through: {run:?}");
+    assert!(took < std::time::Duration::from_secs(4), "the demo waited out the grace period: {took:?}");
     // Exactly what the main container wrote: nothing of berth's.
     assert_eq!(run.stdout, "hello from the init container\n");
     assert!(run.stderr.contains("pulling"), "progress goes to stderr: {}", run.stderr);

@@ -66,6 +66,10 @@ fn demo_bundle_is_the_readme_demo() {
     let web = &pod.containers[1];
     assert_eq!(web.name, "web");
     assert_eq!(web.args, Some(vec![]), "command without args drops the image's Cmd");
+    // httpd alone, as PID 1 of its container, would ignore SIGTERM.
+    let cmd = web.command.as_ref().unwrap();
+    assert_eq!(cmd[..2], ["sh", "-c"]);
+    assert!(cmd[2].starts_with("trap 'exit 0' TERM;") && cmd[2].contains("httpd -f -p 8080 -h /workspace"), "{cmd:?}");
     let probe = web.readiness.as_ref().unwrap();
     assert_eq!(probe.action, ProbeAction::TcpSocket(8080), "named port resolved");
     assert_eq!((probe.initial_delay_ms, probe.period_ms, probe.timeout_ms, probe.failure_threshold), (0, 1000, 1000, 30));
@@ -292,6 +296,21 @@ fn pod_level_fields() {
     assert_eq!(d.command, None);
     assert_eq!(d.args, Some(vec!["hello you world".into(), "$(GREETING)".into()]));
     assert_eq!(d.env[2], ("EMPTY".into(), String::new()));
+}
+
+#[test]
+fn termination_grace_period() {
+    let with = |g: &str| format!("{HEAD}spec:\n  terminationGracePeriodSeconds: {g}\n  containers:\n  - name: a\n    image: b\n");
+    let (pod, w) = parse(&with("30"));
+    assert!(w.is_empty(), "honoured, so no warning: {w:?}");
+    assert_eq!(pod.grace_seconds, Some(30));
+    // 0 means at once (SIGKILL), not unset.
+    assert_eq!(parse(&with("0")).0.grace_seconds, Some(0));
+    assert_eq!(parse(&with_container_fields("")).0.grace_seconds, None);
+    for bad in ["-1", "1e3", "x", "4294967296"] {
+        let (line, _, msg) = error(&with(bad));
+        assert_eq!(line, 6, "{bad}: {msg}");
+    }
 }
 
 #[test]

@@ -70,7 +70,7 @@ fn runtime_plan_overlay_exec_probe_shared_pid_and_mounts() {
         "prep",
         Role::Init,
         image.clone(),
-        RootfsSource::Overlay { lowers: vec![image.join("rootfs")], upper: upper.clone(), work },
+        RootfsSource::Overlay { lowers: vec![image.join("rootfs")], upper: upper.clone(), work, fallback: false },
     );
     init.command = Some(vec!["sh".into(), "-c".into(), "echo layered > /etc/made-here && echo prepared > /workspace/prep".into()]);
     let mut side = container("side", Role::Sidecar, image.clone(), RootfsSource::Bundle);

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 
 use super::provision::{Fetch, Provision};
-use super::run::RunArgs;
+use super::run::{RootfsMode, RunArgs};
 use crate::bundle::{self, ContainerSettings, UserSpec};
 use crate::cli::Global;
 use crate::pod::{self, Container, Pod, VolumeSource};
-use crate::runtime::{self, state, BindMount, PlannedContainer, PodDir, PodPlan, Role, RootfsSource};
+use crate::runtime::{self, BindMount, PlannedContainer, PodDir, PodPlan, Role, RootfsSource};
 use crate::store::Image;
 
 /// Reads the pod from `--pod FILE` or builds it from the shorthand options.
@@ -72,7 +72,6 @@ pub fn run_pod(g: &Global, a: &RunArgs, pod: Pod) -> anyhow::Result<u8> {
     let paths = g.paths();
     crate::paths::Paths::ensure_private_dir(&paths.run_root)
         .with_context(|| format!("creating {}", paths.run_root.display()))?;
-    state::clean_dead(&paths.run_root);
 
     let prov = Provision::open(g, false)?;
     let all: Vec<&Container> = pod.init_containers.iter().chain(&pod.containers).collect();
@@ -152,11 +151,19 @@ fn plan_and_launch(
         let spec = bundle::runtime_spec(&image.config, &user_db_root(lowers), &settings)
             .with_context(|| format!("container {}", c.name))?;
         bundle::write_config(&spec_dir, &spec)?;
-        let rw = dir.dir.join("rw").join(&c.name);
-        let (upper, work) = (rw.join("upper"), rw.join("work"));
-        for d in [&upper, &work] {
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
+        let rootfs = match a.rootfs {
+            RootfsMode::Copy => RootfsSource::Copy { layers: lowers.clone() },
+            mode => {
+                let rw = dir.dir.join("rw").join(&c.name);
+                let (upper, work) = (rw.join("upper"), rw.join("work"));
+                for d in [&upper, &work] {
+                    std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+                }
+                // overlayfs wants the top layer first.
+                let lowers = lowers.iter().rev().cloned().collect();
+                RootfsSource::Overlay { lowers, upper, work, fallback: mode == RootfsMode::Auto }
+            }
+        };
         // A volume mounted where the workspace goes *is* the workspace (so a
         // pod file that also runs on Kubernetes can declare it): berth's
         // workspace bind takes its place.
@@ -170,8 +177,7 @@ fn plan_and_launch(
             name: c.name.clone(),
             role,
             bundle: spec_dir,
-            // overlayfs wants the top layer first.
-            rootfs: RootfsSource::Overlay { lowers: lowers.iter().rev().cloned().collect(), upper, work },
+            rootfs,
             command: None,
             readiness: c.readiness.as_ref().map(Into::into),
             limits: (&c.limits).into(),
@@ -187,7 +193,8 @@ fn plan_and_launch(
         network: pod.network.into(),
         share_pid: pod.share_process_namespace,
         extra_hosts: Vec::new(),
-        grace: std::time::Duration::from_secs(a.grace),
+        // --grace given explicitly wins over the pod file's.
+        grace: std::time::Duration::from_secs(a.grace.or(pod.grace_seconds).unwrap_or(super::run::DEFAULT_GRACE)),
         quiet_sidecars: a.quiet_sidecars,
     };
     let opts = runtime::LaunchOptions { mapping: &prov.mapping, verbose: g.verbose, keep_state: a.keep };

@@ -47,9 +47,15 @@ pub struct RunArgs {
     /// Do not echo sidecar output to stderr.
     #[arg(long)]
     pub quiet_sidecars: bool,
-    /// Seconds between SIGTERM and SIGKILL for sidecars at teardown.
-    #[arg(long, default_value_t = 5)]
-    pub grace: u64,
+    /// Seconds between SIGTERM and SIGKILL at teardown [default: the pod
+    /// file's terminationGracePeriodSeconds, else 5].
+    #[arg(long, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(0..=i32::MAX as u64))]
+    pub grace: Option<u64>,
+    /// How each container gets its root filesystem: `overlay` (an overlay
+    /// mount over the layer cache), `copy` (a private copy of the layers:
+    /// slower, for where overlay is not allowed) or `auto` (overlay, else copy).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = RootfsMode::Auto)]
+    pub rootfs: RootfsMode,
     /// Platform to pull [default: the host's].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
     pub platform: Option<String>,
@@ -79,6 +85,18 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+/// `--rootfs`: in the spirit of podman's storage driver choice (overlay or vfs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RootfsMode {
+    Auto,
+    Overlay,
+    Copy,
+}
+
+/// Seconds between SIGTERM and SIGKILL when neither `--grace` nor the pod
+/// file says.
+pub const DEFAULT_GRACE: u64 = 5;
+
 pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
     if let Some(bundle) = a.bundle.clone() {
         return run_bundles(g, &a, bundle);
@@ -90,7 +108,7 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
 /// `--bundle`: a pod of ready bundles, no image store involved.
 fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<u8> {
     use anyhow::Context;
-    use crate::runtime::{self, state, PlannedContainer, PodPlan, Role, RootfsSource};
+    use crate::runtime::{self, PlannedContainer, PodPlan, Role, RootfsSource};
 
     if a.tty {
         anyhow::bail!("-t is not supported yet: the main container uses berth's own stdio");
@@ -98,7 +116,6 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
     let paths = g.paths();
     crate::paths::Paths::ensure_private_dir(&paths.run_root)
         .with_context(|| format!("creating {}", paths.run_root.display()))?;
-    state::clean_dead(&paths.run_root);
 
     let mut sidecar_cmds = std::collections::HashMap::new();
     for s in &a.sidecar_cmd {
@@ -168,7 +185,7 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
         network,
         share_pid: false,
         extra_hosts: Vec::new(),
-        grace: std::time::Duration::from_secs(a.grace),
+        grace: std::time::Duration::from_secs(a.grace.unwrap_or(DEFAULT_GRACE)),
         quiet_sidecars: a.quiet_sidecars,
     };
     let opts = runtime::LaunchOptions { mapping: &mapping, verbose: g.verbose, keep_state: a.keep };

@@ -368,10 +368,18 @@ impl Walk {
             Some((v, p)) if boolean(v, &p)? => Network::Host,
             _ => Network::Private,
         };
+        // 0 is meaningful here (kill at once), unlike a probe's 0 = unset.
+        let grace_seconds = match self.field(&mut o, "terminationGracePeriodSeconds") {
+            Some((v, p)) => match integer(v, &p)? {
+                n if (0..=i64::from(i32::MAX)).contains(&n) => Some(n.unsigned_abs()),
+                n if n < 0 => return fail(v.mark, format!("{p} must not be negative, not {n}")),
+                n => return fail(v.mark, format!("{p} is too large: {n}")),
+            },
+            None => None,
+        };
 
         const SPEC: &[(&str, Ignore)] = &[
             ("restartPolicy", SilentIf(&["Never"], "berth never restarts containers")),
-            ("terminationGracePeriodSeconds", Warn("berth's grace period is set with --grace")),
             ("activeDeadlineSeconds", Warn("not enforced")),
             ("dnsPolicy", Silent),
             ("dnsConfig", Warn("containers use the host's /etc/resolv.conf")),
@@ -407,7 +415,7 @@ impl Walk {
         ];
         self.finish(o, SPEC)?;
 
-        let mut pod = Pod { name, init_containers, containers, main: 0, volumes, share_process_namespace, network };
+        let mut pod = Pod { name, init_containers, containers, main: 0, volumes, share_process_namespace, network, grace_seconds };
         // The runtime honours tty for the main container only; say so where
         // a file asks for more (a common Jenkins pod-template habit).
         for (init, list) in [(true, &mut pod.init_containers), (false, &mut pod.containers)] {

@@ -34,6 +34,9 @@ pub struct Pod {
     /// All containers share one PID namespace.
     pub share_process_namespace: bool,
     pub network: Network,
+    /// Seconds between SIGTERM and SIGKILL at teardown (Kubernetes
+    /// `terminationGracePeriodSeconds`); `None`: berth's default.
+    pub grace_seconds: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -376,6 +379,7 @@ mod tests {
             volumes: vec![Volume { name: "ws".into(), source: VolumeSource::EmptyDir }],
             share_process_namespace: false,
             network: Network::Private,
+            grace_seconds: None,
         }
     }
 

@@ -124,6 +124,7 @@ pub fn from_args_with_env(a: &ShorthandArgs, lookup: impl Fn(&str) -> Option<OsS
         volumes: Vec::new(),
         share_process_namespace: false,
         network: a.network,
+        grace_seconds: None,
     };
     if let Some(m) = &a.main {
         pod.select_main(m)?;

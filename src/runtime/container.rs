@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -185,39 +186,118 @@ fn resources(c: &PlannedContainer) -> Result<oci_spec::runtime::LinuxResources, 
     r.build()
 }
 
-/// Mounts (or picks) the container's root filesystem and returns its path.
-pub fn prepare_rootfs(c: &PlannedContainer, mountpoint: &Path) -> Result<PathBuf, ContainerError> {
+/// Mounts (or picks, or copies) the container's root filesystem and
+/// returns its path. `dir` is the container's own empty directory in the
+/// pod's state: the overlay mount point, or where the copy goes.
+pub fn prepare_rootfs(c: &PlannedContainer, dir: &Path) -> Result<PathBuf, ContainerError> {
+    let rootfs_err = |source| ContainerError::Rootfs { name: c.name.clone(), source };
     match &c.rootfs {
         RootfsSource::Bundle => {
             let spec_path = c.bundle.join("config.json");
             let spec = Spec::load(&spec_path).map_err(|source| ContainerError::Spec { name: c.name.clone(), path: spec_path, source })?;
             let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
-            Ok(if root.is_absolute() { root } else { c.bundle.join(root) })
+            return Ok(if root.is_absolute() { root } else { c.bundle.join(root) });
         }
-        RootfsSource::Dir(d) => Ok(d.clone()),
-        RootfsSource::Overlay { lowers, upper, work } => {
-            let rootfs_err = |source| ContainerError::Rootfs { name: c.name.clone(), source };
-            fs::create_dir_all(mountpoint).map_err(rootfs_err)?;
-            let mut opts = String::from("lowerdir=");
-            for (i, l) in lowers.iter().enumerate() {
-                let s = l.to_str().filter(|s| !s.contains([',', ':'])).ok_or_else(|| {
-                    invalid(c, format!("layer path {} cannot be passed to overlayfs", l.display()))
-                })?;
-                if i > 0 {
-                    opts.push(':');
+        RootfsSource::Dir(d) => return Ok(d.clone()),
+        RootfsSource::Overlay { lowers, upper, work, fallback } => {
+            fs::create_dir_all(dir).map_err(rootfs_err)?;
+            // Once overlay has failed in this pod, the others copy at once.
+            if !(*fallback && OVERLAY_UNAVAILABLE.load(Ordering::Relaxed)) {
+                match mount_overlay(lowers, upper, work, dir) {
+                    Ok(()) => {}
+                    Err(e) if *fallback && e.allows_fallback() => {
+                        if !OVERLAY_UNAVAILABLE.swap(true, Ordering::Relaxed) {
+                            tracing::warn!(
+                                "cannot mount an overlay root filesystem ({e}): copying the image's layers for each container instead (slower; --rootfs copy says so up front)"
+                            );
+                        }
+                        copy_layers(c, lowers.iter().rev().cloned().collect(), dir)?;
+                    }
+                    Err(OverlayProblem::Mount(errno)) => return Err(rootfs_err(errno.into())),
+                    Err(e) => return Err(invalid(c, e)),
                 }
-                opts.push_str(s);
+            } else {
+                copy_layers(c, lowers.iter().rev().cloned().collect(), dir)?;
             }
-            let (u, w) = (upper.to_string_lossy(), work.to_string_lossy());
-            opts.push_str(&format!(",upperdir={u},workdir={w},userxattr"));
-            nix::mount::mount(Some("overlay"), mountpoint, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-                .map_err(|e| rootfs_err(e.into()))?;
-            // The image may have made /dev, /proc, /etc/hosts… symlinks; fix
-            // them in the private upper dir before the runtime mounts there.
-            crate::bundle::prepare_rootfs(mountpoint).map_err(|e| invalid(c, e))?;
-            Ok(mountpoint.to_path_buf())
+        }
+        RootfsSource::Copy { layers } => {
+            fs::create_dir_all(dir).map_err(rootfs_err)?;
+            copy_layers(c, layers.clone(), dir)?;
         }
     }
+    // The image may have made /dev, /proc, /etc/hosts… symlinks; fix them in
+    // the private upper dir (or copy) before the runtime mounts there.
+    crate::bundle::prepare_rootfs(dir).map_err(|e| invalid(c, e))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Set when an overlay mount failed in a way a copy avoids: warn once.
+static OVERLAY_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Why a container's overlay root could not be mounted.
+#[derive(Debug, thiserror::Error)]
+enum OverlayProblem {
+    #[error("{0}")]
+    Options(crate::layers::LayersError),
+    /// mount(2) takes one page of options and silently cuts the rest.
+    #[error("the layer list is too long for one mount ({0} bytes of options, at most {1})")]
+    TooLong(usize, usize),
+    #[error("mount: {0}")]
+    Mount(nix::errno::Errno),
+}
+
+impl OverlayProblem {
+    /// True where a copy of the layers works instead: overlay is not
+    /// allowed or not usable here (no overlayfs, no unprivileged overlay,
+    /// an upper or lower fs it refuses, too many layers), as opposed to
+    /// missing layer dirs or exhausted resources.
+    fn allows_fallback(&self) -> bool {
+        use nix::errno::Errno;
+        match self {
+            OverlayProblem::Options(_) | OverlayProblem::TooLong(..) => true,
+            OverlayProblem::Mount(e) => {
+                matches!(e, Errno::EPERM | Errno::EACCES | Errno::EINVAL | Errno::ENODEV | Errno::EOPNOTSUPP | Errno::ENOSYS | Errno::ELOOP)
+            }
+        }
+    }
+}
+
+fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -> Result<(), OverlayProblem> {
+    let started = std::time::Instant::now();
+    // `lowers` is top first; the options builder wants bottom first.
+    let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+    let opts = crate::layers::overlay_mount_options(&bottom_first, upper, work).map_err(OverlayProblem::Options)?;
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    if opts.len() >= page {
+        return Err(OverlayProblem::TooLong(opts.len(), page - 1));
+    }
+    nix::mount::mount(Some("overlay"), target, Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
+        .map_err(OverlayProblem::Mount)?;
+    tracing::debug!(layers = lowers.len(), elapsed = ?started.elapsed(), "mounted overlay root at {}", target.display());
+    Ok(())
+}
+
+/// Copies cached layer dirs (bottom first) into the empty `dest`. The pod
+/// process is uid 0 of the pod's user namespace, which maps the ids the
+/// cache was unpacked under, so owners are kept as they are (a single
+/// mapped id: the cache squashed them already).
+fn copy_layers(c: &PlannedContainer, layers: Vec<PathBuf>, dest: &Path) -> Result<(), ContainerError> {
+    let started = std::time::Instant::now();
+    let ids = match (mapped_ids("/proc/self/uid_map"), mapped_ids("/proc/self/gid_map")) {
+        (u, g) if u > 1 && g > 1 => crate::unpack::IdPolicy::Keep { max_uid: (u - 1) as u32, max_gid: (g - 1) as u32 },
+        _ => crate::unpack::IdPolicy::Squash,
+    };
+    crate::layers::flatten_dirs(&layers, dest, ids)
+        .map_err(|e| ContainerError::Invalid { name: c.name.clone(), what: format!("copying its root filesystem: {e}") })?;
+    tracing::debug!(layers = layers.len(), elapsed = ?started.elapsed(), "copied root filesystem of {}", c.name);
+    Ok(())
+}
+
+/// How many ids an id map file maps.
+fn mapped_ids(map: &str) -> u64 {
+    let text = fs::read_to_string(map).unwrap_or_default();
+    text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum::<u64>().min(u64::from(u32::MAX))
 }
 
 /// Resolves the process's `args[0]` inside `rootfs` against its `PATH`, as

@@ -51,6 +51,9 @@ pub struct LaunchOptions<'a> {
 pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<u8, LaunchError> {
     plan.validate()?;
     dir.write_plan(plan)?;
+    if opts.keep_state {
+        dir.mark_kept()?;
+    }
     // Blocked before the clone: the pod process inherits the mask and reads
     // these from its signalfd, so none is lost while it starts.
     let set = signals::handled_set();

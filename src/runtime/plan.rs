@@ -77,8 +77,21 @@ pub enum RootfsSource {
     /// A ready directory elsewhere.
     Dir(PathBuf),
     /// An overlay the pod process mounts (`lowers[0]` is the top layer, as
-    /// in `lowerdir=`); falls back to nothing: overlay failure is an error.
-    Overlay { lowers: Vec<PathBuf>, upper: PathBuf, work: PathBuf },
+    /// in `lowerdir=`). With `fallback`, where overlay cannot be mounted (not
+    /// allowed here, or too long a layer list for one mount) the layers are
+    /// copied as with [`RootfsSource::Copy`]; without it that is an error.
+    Overlay {
+        lowers: Vec<PathBuf>,
+        upper: PathBuf,
+        work: PathBuf,
+        #[serde(default)]
+        fallback: bool,
+    },
+    /// A private copy of cached layer dirs (`layers` bottom first) that the
+    /// pod process writes into the container's rootfs dir in the pod's
+    /// state: slower than overlay, but needs nothing of the kernel, and
+    /// never touches the cache.
+    Copy { layers: Vec<PathBuf> },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -8,12 +8,14 @@
 //!   logs/<container>.log   output of init containers and sidecars
 //!   etc/hosts, etc/hostname, etc/resolv.conf   bind-mounted into every container
 //!   bundles/<container>/config.json            the bundle adjusted for the pod
-//!   rootfs/<container>/    overlay mount point
+//!   rootfs/<container>/    overlay mount point, or the private copy (--rootfs copy)
 //!   containers/            libcontainer's state root
+//!   kept                   present when `berth run --keep` asked to keep the state
 //! ```
 //!
 //! A pod is live while its owner (the `berth run` process) is alive; any berth
-//! command removes the directories of dead owners. Mounts need no cleanup:
+//! command removes the directories of dead owners, except kept ones (those
+//! go with `berth rm`). Mounts need no cleanup:
 //! they live in the pod's private mount namespace and vanish with it.
 
 use std::fs;
@@ -166,6 +168,17 @@ impl PodDir {
         read_json(&self.dir.join("status.json"))
     }
 
+    /// Marks the state as wanted after the pod ends (`--keep`): leftover
+    /// cleanup passes it by.
+    pub fn mark_kept(&self) -> Result<(), StateError> {
+        let p = self.dir.join("kept");
+        fs::write(&p, b"").map_err(io_at(&p))
+    }
+
+    pub fn is_kept(&self) -> bool {
+        self.dir.join("kept").exists()
+    }
+
     /// True while the berth process that owns the pod is alive. A directory
     /// without an owner record is live for a minute (berth is creating it).
     pub fn is_live(&self) -> bool {
@@ -201,11 +214,12 @@ pub fn list(run_root: &Path) -> Vec<PodDir> {
     out
 }
 
-/// Removes the state of pods whose owner is gone (berth was SIGKILLed).
-/// Failures are logged, never fatal: this runs before every pod command.
+/// Removes the state of pods whose owner is gone (berth was SIGKILLed),
+/// unless it was kept on purpose. Failures are logged, never fatal: this
+/// runs before every berth command.
 pub fn clean_dead(run_root: &Path) {
     for pod in list(run_root) {
-        if !pod.is_live() {
+        if !pod.is_live() && !pod.is_kept() {
             tracing::info!("removing state of dead pod {}", pod.name());
             if let Err(e) = pod.remove() {
                 tracing::warn!("cannot remove state of dead pod {}: {}", pod.name(), super::error_chain(&e));
@@ -221,6 +235,43 @@ pub fn process_start_time(pid: Pid) -> Option<u64> {
     let rest = &stat[stat.rfind(')')? + 1..];
     // After ')': state is field 3; starttime is field 22.
     rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// The sum of the peak RSS (`VmHWM`) of the processes descended from
+/// `pod_pid` (the pod process, as the host sees it): the pod's containers
+/// while they run, in bytes. None when there are none to read. Each process
+/// counts its own peak, so the sum may exceed what was in use at any one
+/// time; processes that have ended are not counted (the pod process adds
+/// their peaks at exit).
+pub fn live_peak_rss(pod_pid: Pid) -> Option<u64> {
+    let mut children: std::collections::HashMap<i32, Vec<i32>> = std::collections::HashMap::new();
+    for entry in fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else { continue };
+        if let Some(ppid) = parent_pid(pid) {
+            children.entry(ppid).or_default().push(pid);
+        }
+    }
+    let mut total = None;
+    let mut stack = children.get(&pod_pid.as_raw()).cloned().unwrap_or_default();
+    while let Some(pid) = stack.pop() {
+        if let Some(kib) = peak_rss_kib(pid) {
+            *total.get_or_insert(0u64) += kib * 1024;
+        }
+        stack.extend(children.get(&pid).into_iter().flatten());
+    }
+    total
+}
+
+fn parent_pid(pid: i32) -> Option<i32> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the last ')': state, then ppid.
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+}
+
+fn peak_rss_kib(pid: i32) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?;
+    line.split_whitespace().next()?.parse().ok()
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
@@ -251,6 +302,28 @@ mod tests {
         let me = process_start_time(Pid::this()).unwrap();
         assert!(me > 0);
         assert_eq!(process_start_time(Pid::from_raw(i32::MAX)), None);
+    }
+
+    #[test]
+    fn live_peak_rss_sums_descendants() {
+        // A child holding 32 MiB it has touched, under this test process.
+        let mut child = std::process::Command::new("/bin/busybox")
+            .args(["sh", "-c", "x=$(/bin/busybox head -c 33554432 /dev/zero | /bin/busybox tr '\\0' a); /bin/busybox sleep 30"])
+            .spawn()
+            .unwrap();
+        let me = Pid::this();
+        let mut peak = 0;
+        for _ in 0..200 {
+            peak = live_peak_rss(me).unwrap_or(0);
+            if peak >= 32 << 20 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(peak >= 32 << 20, "peak {peak}");
+        assert_eq!(live_peak_rss(Pid::from_raw(i32::MAX)), None);
     }
 
     #[test]
