@@ -96,11 +96,19 @@ impl Terminal {
     }
 
     fn wait_for(&self, text: &str) {
+        assert!(self.appears(text), "{text:?} never appeared; the screen:\n{}", self.screen());
+    }
+
+    /// Waits up to 30 s for `text` on the screen.
+    fn appears(&self, text: &str) -> bool {
         let end = Instant::now() + Duration::from_secs(30);
         while !self.screen().contains(text) {
-            assert!(Instant::now() < end, "{text:?} never appeared; the screen:\n{}", self.screen());
+            if Instant::now() > end {
+                return false;
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        true
     }
 
     fn type_text(&self, text: &str) {
@@ -233,11 +241,16 @@ fn exec_t_into_a_running_pod() {
     main.stdout.take().unwrap().read_exact(&mut up).unwrap();
 
     let (term, child) = Terminal::spawn(
-        s.env.berth_as_user(&["exec", "-t", "tp", "main", "--", "sh", "-c", "tty; stty size; read a; echo got:$a; exit 4"]),
+        s.env.berth_as_user(&["exec", "-t", "tp", "tty", "--", "sh", "-c", "tty; stty size; read a; echo got:$a; exit 4"]),
         21,
         61,
     );
-    term.wait_for("21 61\n");
+    if !term.appears("21 61\n") {
+        let mut child = child;
+        let _ = child.kill();
+        let (_, screen, stderr) = term.finish(child);
+        panic!("exec -t showed no size; screen:\n{screen}\nstderr:\n{stderr}");
+    }
     term.type_text("typed\r");
     let (code, screen, stderr) = term.finish(child);
     assert_eq!(code, 4, "{screen}\n{stderr}");
@@ -245,7 +258,8 @@ fn exec_t_into_a_running_pod() {
     assert!(screen.contains("got:typed\n"), "{screen}");
 
     // Without -t, an exec has berth's stdio: here pipes, no terminal.
-    let out = s.env.berth_as_user(&["exec", "tp", "main", "--", "tty"]).output().unwrap();
+    // (The main container is named after its image: `tty`.)
+    let out = s.env.berth_as_user(&["exec", "tp", "tty", "--", "tty"]).output().unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "not a tty\n");
     assert_eq!(out.status.code(), Some(1));
 
