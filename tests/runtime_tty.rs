@@ -266,3 +266,24 @@ fn exec_t_into_a_running_pod() {
     s.env.run_as_user(&["stop", "tp"]);
     let _ = main.wait();
 }
+
+#[test]
+fn ctrl_c_goes_to_the_containers_terminal() {
+    let s = setup();
+    // ^C typed into berth's raw terminal is a byte for the container's
+    // terminal, whose line discipline echoes it and interrupts its
+    // foreground group: `sleep` dies of SIGINT and the shell ends with 130.
+    // Through berth's own (cooked) terminal it would instead be SIGINT to
+    // berth, forwarded to sh, PID 1 of its container, which ignores it.
+    let script = "echo ready; sleep 30; echo after";
+    let (term, child) = Terminal::spawn(s.env.berth_as_user(&["run", "-t", &s.image, "--", "sh", "-c", script]), 24, 80);
+    term.wait_for("ready\n");
+    let t = Instant::now();
+    std::thread::sleep(Duration::from_millis(300));
+    term.type_text("\x03");
+    let (code, screen, stderr) = term.finish(child);
+    assert!(t.elapsed() < Duration::from_secs(15), "^C did not interrupt sleep: {screen}");
+    assert_eq!(code, 130, "{screen}\n{stderr}");
+    assert!(screen.contains("ready\n^C"), "echoed by the container's terminal: {screen}");
+    assert!(!screen.contains("after"), "{screen}");
+}

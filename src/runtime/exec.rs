@@ -82,6 +82,8 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
     // succeeds only then).
     let code = match unsafe { nix::unistd::fork() }.map_err(|e| join_err(e.into()))? {
         nix::unistd::ForkResult::Child => {
+            // The parent restores the terminal, never the helper.
+            std::mem::forget(raw);
             let state_root = dir.containers_root();
             let code = if tty {
                 relay_tty(dir, name, &state_root, cmd, &signals)
