@@ -315,3 +315,80 @@ impl Drop for RawMode {
         let _ = termios::tcsetattr(self.fd.as_fd(), SetArg::TCSANOW, &self.saved);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{sendmsg, ControlMessage};
+    use std::io::IoSlice;
+    use std::os::unix::net::UnixStream;
+
+    /// Connects as libcontainer does (through a symlink in another
+    /// directory) and sends `fds` with a name.
+    fn send(socket: &Path, fds: &[RawFd]) {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("console-socket");
+        std::os::unix::fs::symlink(socket, &link).unwrap();
+        let conn = UnixStream::connect(&link).unwrap();
+        let iov = [IoSlice::new(b"/dev/ptmx")];
+        let cmsg = [ControlMessage::ScmRights(fds)];
+        let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+        sendmsg::<()>(conn.as_raw_fd(), &iov, cmsgs, MsgFlags::empty(), None).unwrap();
+    }
+
+    /// A directory whose socket path is longer than `sun_path` (108).
+    fn long_dir() -> (tempfile::TempDir, PathBuf) {
+        let top = tempfile::tempdir().unwrap();
+        let dir = top.path().join("d".repeat(60)).join("e".repeat(60));
+        fs::create_dir_all(&dir).unwrap();
+        (top, dir)
+    }
+
+    #[test]
+    fn receives_a_master_through_a_long_path() {
+        let (_top, dir) = long_dir();
+        let path = dir.join("console.sock");
+        assert!(path.as_os_str().len() > 108);
+        let console = ConsoleSocket::bind(&path).unwrap();
+        let pty = nix::pty::openpty(None, None).unwrap();
+        send(console.path(), &[pty.master.as_raw_fd()]);
+        let master = console.receive().unwrap();
+        assert!(nix::unistd::isatty(master.as_raw_fd()).unwrap());
+        assert!(!path.exists(), "the socket file is removed once used");
+        // The same terminal: what the slave writes, the received master reads.
+        nix::unistd::write(&pty.slave, b"x").unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(nix::unistd::read(master.as_raw_fd(), &mut b).unwrap(), 1);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_terminal() {
+        let (_top, dir) = long_dir();
+        let console = ConsoleSocket::bind(&dir.join("a.sock")).unwrap();
+        let file = fs::File::open("/dev/null").unwrap();
+        send(console.path(), &[file.as_raw_fd()]);
+        assert!(matches!(console.receive(), Err(PtyError::NotATerminal)));
+
+        let console = ConsoleSocket::bind(&dir.join("b.sock")).unwrap();
+        send(console.path(), &[]);
+        assert!(matches!(console.receive(), Err(PtyError::NoMaster)));
+    }
+
+    #[test]
+    fn window_size_is_copied_only_from_a_terminal() {
+        let ws = nix::pty::Winsize { ws_row: 33, ws_col: 97, ws_xpixel: 0, ws_ypixel: 0 };
+        let outer = nix::pty::openpty(Some(&ws), None).unwrap();
+        let inner = nix::pty::openpty(None, None).unwrap();
+        copy_window_size(outer.slave.as_fd(), inner.master.as_fd());
+        let size = |fd: &OwnedFd| {
+            let mut w = libc::winsize { ws_row: 0, ws_col: 0, ws_xpixel: 0, ws_ypixel: 0 };
+            // SAFETY: TIOCGWINSZ fills a winsize.
+            unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGWINSZ, &mut w) };
+            (w.ws_row, w.ws_col)
+        };
+        assert_eq!(size(&inner.slave), (33, 97));
+        let null = OwnedFd::from(fs::File::open("/dev/null").unwrap());
+        copy_window_size(null.as_fd(), inner.master.as_fd());
+        assert_eq!(size(&inner.slave), (33, 97), "unchanged");
+    }
+}
