@@ -60,9 +60,6 @@ pub fn pod_from_args(a: &RunArgs) -> anyhow::Result<Pod> {
         }
     }
     pod.validate()?;
-    if pod.init_containers.iter().chain(&pod.containers).any(|c| c.tty) {
-        anyhow::bail!("-t (a pseudo-terminal) is not supported yet; run without it");
-    }
     Ok(pod)
 }
 
@@ -147,7 +144,10 @@ fn plan_and_launch(
         let lowers = &layers[&c.image];
         let spec_dir = dir.dir.join("specs").join(&c.name);
         std::fs::create_dir_all(&spec_dir).with_context(|| format!("creating {}", spec_dir.display()))?;
-        let settings = settings_for(c, &pod.name, pod.network, single_id)?;
+        // Only the main container gets a terminal (the pod file parser
+        // warns about the others).
+        let tty = role == Role::Main && c.tty;
+        let settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty);
         let spec = bundle::runtime_spec(&image.config, &user_db_root(lowers), &settings)
             .with_context(|| format!("container {}", c.name))?;
         bundle::write_config(&spec_dir, &spec)?;
@@ -182,6 +182,7 @@ fn plan_and_launch(
             readiness: c.readiness.as_ref().map(Into::into),
             limits: (&c.limits).into(),
             mounts,
+            tty,
         });
     }
 

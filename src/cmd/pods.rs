@@ -84,11 +84,8 @@ pub fn ps(g: &Global, a: PsArgs) -> anyhow::Result<u8> {
 }
 
 pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<u8> {
-    if a.tty {
-        anyhow::bail!("exec -t is not supported yet");
-    }
     let dir = PodDir::open(&g.paths().run_root, &a.pod)?;
-    let code = runtime::exec::exec(&dir, &a.container, a.command)
+    let code = runtime::exec::exec(&dir, &a.container, a.command, a.tty)
         .with_context(|| format!("exec in {}/{}", a.pod, a.container))?;
     Ok(code)
 }

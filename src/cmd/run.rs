@@ -110,9 +110,6 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
     use anyhow::Context;
     use crate::runtime::{self, PlannedContainer, PodPlan, Role, RootfsSource};
 
-    if a.tty {
-        anyhow::bail!("-t is not supported yet: the main container uses berth's own stdio");
-    }
     let paths = g.paths();
     crate::paths::Paths::ensure_private_dir(&paths.run_root)
         .with_context(|| format!("creating {}", paths.run_root.display()))?;
@@ -131,6 +128,7 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
         readiness: None,
         limits: Default::default(),
         mounts: Vec::new(),
+        tty: role == Role::Main && a.tty,
     };
     let mut containers = Vec::new();
     for s in &a.init_bundle {

@@ -73,12 +73,21 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     ));
     spec.set_hostname(None);
     spec.set_domainname(None);
+    let process = spec.process_mut().as_mut().ok_or_else(|| invalid(c, "config.json has no process"))?;
     if let Some(cmd) = &c.command {
         if cmd.is_empty() {
             return Err(invalid(c, "empty command"));
         }
-        let process = spec.process_mut().as_mut().ok_or_else(|| invalid(c, "config.json has no process"))?;
         process.set_args(Some(cmd.clone()));
+    }
+    // Never a terminal unless asked for, whatever the bundle says.
+    process.set_terminal(Some(c.tty));
+    if c.tty {
+        let mut env = process.env().clone().unwrap_or_default();
+        if !env.iter().any(|e| e.starts_with("TERM=")) {
+            env.push("TERM=xterm".into());
+            process.set_env(Some(env));
+        }
     }
 
     let linux = spec.linux_mut().get_or_insert_with(Default::default);
@@ -343,15 +352,21 @@ pub fn write_bundle(dir: &Path, spec: &Spec) -> std::io::Result<()> {
 }
 
 /// Creates the container (libcontainer `build()`): its init is our child,
-/// waiting for `start`. `stdio` None inherits our fds 0/1/2.
+/// waiting for `start`. `stdio` None inherits our fds 0/1/2; with
+/// `console_socket` (the spec has `process.terminal`) the init sends its
+/// pty master there instead.
 pub fn create(
     name: &str,
     state_root: &Path,
     bundle: &Path,
     stdio: Option<ContainerStdio>,
+    console_socket: Option<&Path>,
 ) -> Result<Container, ContainerError> {
     let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
-    let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
+    let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(lc)?
+        .with_console_socket(console_socket);
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
     }
@@ -373,4 +388,61 @@ pub fn exec(
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
     }
     b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build().map_err(lc)
+}
+
+/// Starts `args` in a running container with a pseudo-terminal whose master
+/// is sent to `console_socket`; returns its pid, our child. The process is
+/// what [`exec`] starts (libcontainer's tenant defaults: the container's
+/// env, capabilities and no_new_privileges; uid 0; cwd /), plus the terminal
+/// and `TERM`. libcontainer takes a terminal only from a process file,
+/// written to `process_file` for the call.
+pub fn exec_tty(
+    name: &str,
+    state_root: &Path,
+    args: Vec<String>,
+    console_socket: &Path,
+    process_file: &Path,
+) -> Result<Pid, ContainerError> {
+    let io_err = |source| ContainerError::Io { name: name.to_string(), source };
+    let container_dir = state_root.join(name);
+    let bundle = Container::load(container_dir.clone())
+        .map_err(|source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) })?
+        .bundle()
+        .to_path_buf();
+    let config = bundle.join("config.json");
+    let spec = Spec::load(&config).map_err(|source| ContainerError::Spec { name: name.to_string(), path: config, source })?;
+    let process = tty_exec_process(&spec, args).map_err(|e| ContainerError::Invalid { name: name.to_string(), what: e.to_string() })?;
+    let json = serde_json::to_vec(&process).map_err(|e| io_err(std::io::Error::other(e)))?;
+    fs::write(process_file, json).map_err(io_err)?;
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
+    let result = ContainerBuilder::new(name.to_string(), SyscallType::Linux)
+        .with_root_path(state_root)
+        .map_err(lc)?
+        .with_console_socket(Some(console_socket))
+        .as_tenant()
+        .with_process(Some(process_file))
+        .with_detach(true)
+        .build()
+        .map_err(lc);
+    let _ = fs::remove_file(process_file);
+    result
+}
+
+/// The process of a terminal exec: as libcontainer builds one for
+/// `with_container_args`, with a terminal.
+fn tty_exec_process(spec: &Spec, args: Vec<String>) -> Result<oci_spec::runtime::Process, oci_spec::OciSpecError> {
+    use oci_spec::runtime::ProcessBuilder;
+    let base = spec.process().as_ref();
+    let mut env = base.and_then(|p| p.env().clone()).unwrap_or_default();
+    if !env.iter().any(|e| e.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let mut b = ProcessBuilder::default().terminal(true).args(args).env(env);
+    if let Some(caps) = base.and_then(|p| p.capabilities().clone()) {
+        b = b.capabilities(caps);
+    }
+    if let Some(nnp) = base.and_then(|p| p.no_new_privileges()) {
+        b = b.no_new_privileges(nnp);
+    }
+    b.build()
 }

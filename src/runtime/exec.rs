@@ -3,17 +3,23 @@
 //! The caller joins the pod process's user, mount and cgroup namespaces
 //! (where libcontainer's state, the container rootfs mounts and the pod's
 //! /proc live) and then does a libcontainer tenant exec, which joins the
-//! container's own namespaces. stdio is passed through untouched.
+//! container's own namespaces. stdio is passed through untouched, or with
+//! `-t` relayed through a pseudo-terminal by the forked helper (see
+//! [`super::pty`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 
+use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
-use nix::sys::signal::SigmaskHow;
+use nix::sys::signal::{kill, SigmaskHow, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
 
 use super::container::{self, ContainerError};
 use super::launch::{wait_forwarding, LaunchError};
-use super::signals::Signals;
+use super::pty::{ConsoleSocket, PtyError, RawMode, Relay};
+use super::signals::{self, Signals};
 use super::state::{PodDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
@@ -30,11 +36,16 @@ pub enum ExecError {
     Container(#[from] ContainerError),
     #[error(transparent)]
     Wait(#[from] LaunchError),
+    #[error("the terminal")]
+    Tty(#[from] PtyError),
+    #[error("waiting for the command: {0}")]
+    Poll(nix::Error),
 }
 
 /// Runs `cmd` in container `name` of the pod in `dir`, with this process's
-/// stdio, and returns its exit status. The caller must be single-threaded.
-pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>) -> Result<u8, ExecError> {
+/// stdio (or, with `tty`, a pseudo-terminal relayed to it), and returns its
+/// exit status. The caller must be single-threaded.
+pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8, ExecError> {
     let pod = dir.name();
     if !dir.is_live() {
         return Err(ExecError::NotRunning(pod));
@@ -65,22 +76,99 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>) -> Result<u8, ExecError>
     // The pod's /proc (in its mount namespace) only shows processes of its
     // PID namespace, and libcontainer reads /proc/self: only a child made
     // after setns(CLONE_NEWPID) is in it.
+    // Raw until the helper ends (drop restores it, on errors too).
+    let raw = if tty { RawMode::stdin() } else { None };
     // SAFETY: single-threaded caller (setns of the user namespace above
     // succeeds only then).
     let code = match unsafe { nix::unistd::fork() }.map_err(|e| join_err(e.into()))? {
         nix::unistd::ForkResult::Child => {
+            // The parent restores the terminal, never the helper.
+            std::mem::forget(raw);
             let state_root = dir.containers_root();
-            let code = match signals.unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), None)) {
-                Ok(pid) => wait_forwarding(pid, &set).unwrap_or(crate::exit::PROVISION),
-                Err(e) => {
-                    crate::cli::report(&anyhow::Error::new(e));
-                    crate::exit::PROVISION
-                }
+            let code = if tty {
+                relay_tty(dir, name, &state_root, cmd, &signals)
+            } else {
+                signals
+                    .unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), None))
+                    .map_err(ExecError::from)
+                    .and_then(|pid| Ok(wait_forwarding(pid, &set, false)?))
             };
+            let code = code.unwrap_or_else(|e| {
+                crate::cli::report(&anyhow::Error::new(e));
+                crate::exit::PROVISION
+            });
             std::process::exit(code.into());
         }
-        nix::unistd::ForkResult::Parent { child } => wait_forwarding(child, &set)?,
+        nix::unistd::ForkResult::Parent { child } => wait_forwarding(child, &set, tty)?,
     };
+    drop(raw);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
     Ok(code)
+}
+
+/// The helper's side of `exec -t`: starts `cmd` with a terminal and relays
+/// it until the command ends, forwarding signals and window size changes.
+fn relay_tty(dir: &PodDir, name: &str, state_root: &std::path::Path, cmd: Vec<String>, signals: &Signals) -> Result<u8, ExecError> {
+    let me = std::process::id();
+    let console = ConsoleSocket::bind(&dir.dir.join(format!("exec-{me}.sock")))?;
+    let process_file = dir.dir.join(format!("exec-{me}.json"));
+    let pid = signals.unblocked(|| container::exec_tty(name, state_root, cmd, console.path(), &process_file))?;
+    let mut relay = match console.receive().and_then(|m| Relay::new(m).map_err(PtyError::Receive)) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = kill(pid, Signal::SIGKILL);
+            let _ = waitpid(pid, None);
+            return Err(e.into());
+        }
+    };
+    loop {
+        let (input, master) = {
+            let interest = relay.interest();
+            let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
+            let mut at = (None, None);
+            if let Some(fd) = interest.input {
+                at.0 = Some(fds.len());
+                fds.push(PollFd::new(fd, PollFlags::POLLIN));
+            }
+            if let Some((fd, flags)) = interest.master {
+                at.1 = Some(fds.len());
+                fds.push(PollFd::new(fd, flags));
+            }
+            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+                Err(e) => return Err(ExecError::Poll(e)),
+            }
+            let fired = |k: usize| fds[k].revents().is_some_and(|r| !r.is_empty());
+            (at.0.is_some_and(fired), at.1.is_some_and(fired))
+        };
+        relay.ready(input, master);
+        for sig in signals.drain() {
+            if sig == Signal::SIGCHLD {
+                if let Some(code) = exited(pid)? {
+                    relay.drain();
+                    return Ok(code);
+                }
+            } else if sig == Signal::SIGWINCH {
+                relay.resize();
+            } else if signals::FORWARDED.contains(&sig) {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+}
+
+/// The exit status of `pid` if it has ended (reaped now).
+fn exited(pid: Pid) -> Result<Option<u8>, ExecError> {
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => return Ok(None),
+            Ok(status) => {
+                if let Some(code) = crate::exit::from_wait(status) {
+                    return Ok(Some(code));
+                }
+            }
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return Err(ExecError::Poll(e)),
+        }
+    }
 }

@@ -59,7 +59,12 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     let set = signals::handled_set();
     let mut old = nix::sys::signal::SigSet::empty();
     nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old)).map_err(LaunchError::Wait)?;
-    let result = run_pod_process(dir, opts, &set);
+    // With a terminal, berth's own is raw while the pod runs (restored on
+    // drop, whatever ends the pod); the pod process copies to and from it.
+    let tty = plan.main().tty;
+    let raw = if tty { super::pty::RawMode::stdin() } else { None };
+    let result = run_pod_process(dir, opts, &set, tty);
+    drop(raw);
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if !opts.keep_state {
         if let Err(e) = dir.remove() {
@@ -69,7 +74,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     result
 }
 
-fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signal::SigSet) -> Result<u8, LaunchError> {
+fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signal::SigSet, tty: bool) -> Result<u8, LaunchError> {
     let mut args: Vec<OsString> = Vec::new();
     if opts.verbose > 0 {
         args.push(format!("-{}", "v".repeat(opts.verbose.min(3) as usize)).into());
@@ -89,12 +94,13 @@ fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signa
         created: state::now_unix(),
     })?;
     super::stdio::release_stdin_stdout();
-    wait_forwarding(pid, set)
+    wait_forwarding(pid, set, tty)
 }
 
-/// Waits for `pid`, forwarding SIGINT/SIGTERM/SIGHUP to it. The signals in
-/// `set` must be blocked in the calling thread.
-pub fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<u8, LaunchError> {
+/// Waits for `pid`, forwarding SIGINT/SIGTERM/SIGHUP to it, and SIGWINCH
+/// when `winch` (`pid` relays a terminal). The signals in `set` must be
+/// blocked in the calling thread.
+pub fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet, winch: bool) -> Result<u8, LaunchError> {
     loop {
         match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
             Ok(WaitStatus::StillAlive) => {}
@@ -107,11 +113,11 @@ pub fn wait_forwarding(pid: Pid, set: &nix::sys::signal::SigSet) -> Result<u8, L
             Err(e) => return Err(LaunchError::Wait(e)),
         }
         match set.wait() {
-            Ok(Signal::SIGCHLD) => {}
-            Ok(sig) => {
+            Ok(sig) if signals::FORWARDED.contains(&sig) || (winch && sig == Signal::SIGWINCH) => {
                 tracing::debug!("forwarding {sig} to the pod");
                 let _ = kill(pid, sig);
             }
+            Ok(_) => {}
             Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(LaunchError::Wait(e)),
         }

@@ -13,7 +13,7 @@
 //! Modules: [`plan`] (the input), [`state`] (the state directory),
 //! [`launch`] (berth's side), [`podinit`] (the pod process), [`container`]
 //! (one container's spec and libcontainer calls), [`stdio`] (sidecar logs),
-//! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`).
+//! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`), [`pty`] (`-t`).
 
 pub mod cleanup;
 pub mod container;
@@ -22,6 +22,7 @@ pub mod launch;
 pub mod net;
 pub mod plan;
 pub mod podinit;
+pub mod pty;
 pub mod signals;
 pub mod state;
 pub mod stdio;

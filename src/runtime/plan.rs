@@ -56,6 +56,10 @@ pub struct PlannedContainer {
     /// Extra bind mounts (volumes), added to the bundle's own mounts.
     #[serde(default)]
     pub mounts: Vec<BindMount>,
+    /// A pseudo-terminal instead of berth's own stdio (main container only;
+    /// the bundle's `process.terminal` is overridden either way).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -183,6 +187,8 @@ pub enum PlanError {
     Order(String),
     #[error("workspace path {0:?} must be absolute")]
     WorkspacePath(String),
+    #[error("container {0:?} asks for a terminal: only the main container can have one")]
+    Tty(String),
 }
 
 impl PodPlan {
@@ -199,6 +205,9 @@ impl PodPlan {
             check_label(&c.name)?;
             if !seen.insert(c.name.as_str()) {
                 return Err(PlanError::Duplicate(c.name.clone()));
+            }
+            if c.tty && c.role != Role::Main {
+                return Err(PlanError::Tty(c.name.clone()));
             }
             match c.role {
                 Role::Init if past_init => return Err(PlanError::Order(c.name.clone())),
@@ -247,6 +256,7 @@ mod tests {
             readiness: None,
             limits: Limits::default(),
             mounts: vec![],
+            tty: false,
         }
     }
 
@@ -274,6 +284,12 @@ mod tests {
         for bad in ["", "A", "-a", "a-", "a_b", "../x", &"a".repeat(64)] {
             assert_eq!(plan(vec![c(bad, Role::Main)]).validate(), Err(PlanError::BadName(bad.into())));
         }
+        let mut side = c("web", Role::Sidecar);
+        side.tty = true;
+        assert_eq!(plan(vec![side, c("m", Role::Main)]).validate(), Err(PlanError::Tty("web".into())));
+        let mut main = c("m", Role::Main);
+        main.tty = true;
+        assert_eq!(plan(vec![main]).validate(), Ok(()));
     }
 
     #[test]

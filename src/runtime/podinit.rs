@@ -27,6 +27,7 @@ use super::container::{self, CommandProblem, ContainerError, PodContext};
 use super::plan::{Network, PodPlan, ProbeAction, Role};
 use super::signals::{self, Signals};
 use super::state::{Phase, PodDir, StateError, Status};
+use super::pty::{ConsoleSocket, Relay};
 use super::stdio::LogPump;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +48,8 @@ pub enum PodError {
     NotReady { name: String, why: String },
     #[error("interrupted by {0} while the pod was starting")]
     Interrupted(Signal),
+    #[error("container {name}: its terminal")]
+    Tty { name: String, source: super::pty::PtyError },
 }
 
 impl PodError {
@@ -87,6 +90,8 @@ struct Pod {
     plan: PodPlan,
     signals: Signals,
     pumps: Vec<LogPump>,
+    /// The main container's terminal (`-t`).
+    relay: Option<Relay>,
     members: Vec<Member>,
     /// Exit statuses of other children (probe execs) by pid.
     others: HashMap<Pid, u8>,
@@ -110,7 +115,7 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
         .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0 })
         .collect();
     let state_root = dir.containers_root();
-    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), members, others: HashMap::new(), stop: None, kill_main_at: None, state_root };
+    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), relay: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root };
     pod.write_status(Phase::Starting, None);
     let outcome = pod.setup().and_then(|()| pod.run_containers());
     pod.teardown();
@@ -221,6 +226,9 @@ impl Pod {
         super::stdio::release_stdin_stdout();
         loop {
             if let Some(code) = self.members[main].exit {
+                if let Some(mut relay) = self.relay.take() {
+                    relay.drain();
+                }
                 return Ok(code);
             }
             // A main container that outlives a stop signal by the grace
@@ -257,11 +265,34 @@ impl Pod {
             self.pumps.push(pump);
             Some(stdio)
         };
+        let console = if self.members[i].role == Role::Main && self.plan.containers[i].tty {
+            let path = self.dir.dir.join("console.sock");
+            Some(ConsoleSocket::bind(&path).map_err(|source| PodError::Tty { name: name.clone(), source })?)
+        } else {
+            None
+        };
         let state_root = self.state_root.clone();
-        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio))?;
+        let console_path = console.as_ref().map(|c| c.path().to_path_buf());
+        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio, console_path.as_deref()))?;
         let pid = c.pid();
         // Recorded before start(): teardown deletes (and reaps) it either way.
         self.members[i].container = Some(c.clone());
+        if let Some(console) = console {
+            // The init sent the master before build() returned.
+            let relay = console
+                .receive()
+                .and_then(|master| Relay::new(master).map_err(super::pty::PtyError::Receive));
+            match relay {
+                Ok(r) => self.relay = Some(r),
+                Err(source) => {
+                    if let Some(pid) = pid {
+                        let _ = kill(pid, Signal::SIGKILL);
+                        self.members[i].pid = Some(pid);
+                    }
+                    return Err(PodError::Tty { name, source });
+                }
+            }
+        }
         if let Err(source) = c.start() {
             if let Some(pid) = pid {
                 let _ = kill(pid, Signal::SIGKILL);
@@ -376,7 +407,7 @@ impl Pod {
             None => PollTimeout::NONE,
             Some(d) => PollTimeout::try_from(d.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX),
         };
-        let ready: Vec<bool> = {
+        let (ready, tty_ready) = {
             let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
             let open: Vec<usize> = (0..self.pumps.len()).filter(|&i| self.pumps[i].is_open()).collect();
             for &i in &open {
@@ -384,24 +415,44 @@ impl Pod {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                 }
             }
+            // The terminal's fds come last: (input, master) positions.
+            let mut tty_at = (None, None);
+            if let Some(interest) = self.relay.as_ref().map(Relay::interest) {
+                if let Some(fd) = interest.input {
+                    tty_at.0 = Some(fds.len());
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                }
+                if let Some((fd, flags)) = interest.master {
+                    tty_at.1 = Some(fds.len());
+                    fds.push(PollFd::new(fd, flags));
+                }
+            }
             match nix::poll::poll(&mut fds, timeout) {
                 Ok(_) | Err(nix::errno::Errno::EINTR) => {}
                 Err(e) => return Err(setup_err("poll")(e)),
             }
+            let fired = |k: usize| fds[k].revents().is_some_and(|r| !r.is_empty());
             let mut ready = vec![false; self.pumps.len()];
             for (k, &i) in open.iter().enumerate() {
-                ready[i] = fds[k + 1].revents().is_some_and(|r| !r.is_empty());
+                ready[i] = fired(k + 1);
             }
-            ready
+            (ready, (tty_at.0.is_some_and(fired), tty_at.1.is_some_and(fired)))
         };
         for (i, r) in ready.into_iter().enumerate() {
             if r {
                 self.pumps[i].pump();
             }
         }
+        if let Some(relay) = &mut self.relay {
+            relay.ready(tty_ready.0, tty_ready.1);
+        }
         for sig in self.signals.drain() {
             if sig == Signal::SIGCHLD {
                 self.reap();
+            } else if sig == Signal::SIGWINCH {
+                if let Some(relay) = &self.relay {
+                    relay.resize();
+                }
             } else if signals::FORWARDED.contains(&sig) {
                 match self.members.iter().find(|m| m.role == Role::Main && m.running()).and_then(|m| m.pid) {
                     Some(pid) => {

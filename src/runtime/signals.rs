@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use nix::sys::signal::{self, SaFlags, SigAction, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 
-/// The signals the pod process handles.
-pub const HANDLED: [Signal; 4] = [Signal::SIGCHLD, Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
+/// The signals the pod process handles. SIGWINCH (berth's terminal was
+/// resized) only matters with a pseudo-terminal.
+pub const HANDLED: [Signal; 5] = [Signal::SIGCHLD, Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP, Signal::SIGWINCH];
 
 /// Signals forwarded to the main container.
 pub const FORWARDED: [Signal; 3] = [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP];
