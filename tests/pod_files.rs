@@ -157,7 +157,7 @@ fn invalid_files_point_at_the_node() {
         ),
         (format!("{}  volumes:\n  - name: v\n    hostPath: {{}}\n", c("")), 11, 15, "hostPath.path is required"),
         // Semantics, found by Pod::validate.
-        (format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: My_Pod\nspec:\n  containers:\n  - {{name: m, image: b}}\n"), 4, 9, "metadata.name: invalid pod name \"My_Pod\""),
+        ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: My_Pod\nspec:\n  containers:\n  - {name: m, image: b}\n".to_string(), 4, 9, "metadata.name: invalid pod name \"My_Pod\""),
         (c("  - name: Web\n    image: b\n"), 9, 11, "spec.containers[1].name: invalid container name \"Web\""),
         (c("  - name: main\n    image: b\n"), 9, 11, "spec.containers[1].name: container name \"main\" is used twice"),
         (

@@ -384,7 +384,7 @@ fn process_args(entrypoint: Option<&[String]>, cmd: Option<&[String]>, s: &Conta
         (None, Some(args)) => entrypoint.unwrap_or_default().iter().chain(args).cloned().collect(),
         (None, None) => entrypoint.unwrap_or_default().iter().chain(cmd.unwrap_or_default()).cloned().collect(),
     };
-    if args.first().map_or(true, |a| a.is_empty()) {
+    if args.first().is_none_or(|a| a.is_empty()) {
         args.clear();
     }
     if args.is_empty() {

@@ -371,7 +371,7 @@ fn is_float(s: &str) -> bool {
     };
     let digits = |t: &str| t.chars().all(|c| c.is_ascii_digit() || c == '_');
     let has_digit = int.chars().any(|c| c.is_ascii_digit()) || frac.is_some_and(|f| f.chars().any(|c| c.is_ascii_digit()));
-    if !has_digit || !digits(int) || !frac.map_or(true, digits) || (int.starts_with('_')) {
+    if !has_digit || !digits(int) || !frac.is_none_or(digits) || (int.starts_with('_')) {
         return false;
     }
     match exponent {
