@@ -235,3 +235,15 @@ fn user_without_subordinate_ids_gets_squashed_owners() {
     assert_eq!(run.stdout, "0\n0\n", "uid 1000 of the image is squashed to the user (0 inside)");
     assert!(run.stderr.contains("subordinate"), "a warning names the missing range: {}", run.stderr);
 }
+
+/// `berth run … >/dev/null` is common in CI scripts; libcontainer would hand
+/// the container a read-only /dev/null, so writes must still succeed.
+#[test]
+fn stdout_and_stderr_may_be_dev_null() {
+    let s = setup();
+    s.env.run_as_user(&["pull", "-q", "--tls-verify=false", &s.image]).ok();
+    let mut cmd = s.env.berth_as_user(&["run", &s.image, "--", "sh", "-c", "echo out || exit 3; echo err >&2 || exit 4; exit 5"]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    let status = cmd.status().unwrap();
+    assert_eq!(status.code(), Some(5), "writes to a /dev/null stdout or stderr must not fail");
+}

@@ -47,6 +47,9 @@ pub enum ExecError {
 /// exit status. The caller must be single-threaded.
 pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8, ExecError> {
     let pod = dir.name();
+    if let Err(e) = super::stdio::avoid_readonly_dev_null() {
+        tracing::warn!("checking stdio for /dev/null: {e}");
+    }
     if !dir.is_live() {
         return Err(ExecError::NotRunning(pod));
     }

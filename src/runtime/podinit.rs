@@ -105,6 +105,9 @@ struct Pod {
 /// Runs the pod described in `dir` and returns the main container's exit
 /// status.
 pub fn run(dir: &Path) -> Result<u8, PodError> {
+    if let Err(e) = super::stdio::avoid_readonly_dev_null() {
+        tracing::warn!("checking stdio for /dev/null: {e}");
+    }
     let signals = Signals::install().map_err(setup_err("signals"))?;
     let dir = PodDir { dir: dir.to_path_buf() };
     let plan = dir.read_plan()?;

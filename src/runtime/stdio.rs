@@ -121,3 +121,27 @@ pub fn release_stdin_stdout() {
         }
     }
 }
+
+/// Replaces a stdout or stderr that is `/dev/null` with a write-only
+/// `/dev/zero`, which discards writes just the same. libcontainer 0.7
+/// (`reopen_dev_null`) re-opens any stdio fd that is `/dev/null` as the
+/// container's `/dev/null` *read-only*, so `berth run IMG -- cat >/dev/null`
+/// would fail with EBADF in the container; `/dev/zero` is another device and
+/// is passed through untouched.
+pub fn avoid_readonly_dev_null() -> io::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let null = std::fs::metadata("/dev/null")?;
+    if !null.file_type().is_char_device() {
+        return Ok(());
+    }
+    let null_rdev = std::os::unix::fs::MetadataExt::rdev(&null);
+    for fd in [1, 2] {
+        let Ok(st) = nix::sys::stat::fstat(fd) else { continue };
+        let is_char = st.st_mode & libc::S_IFMT == libc::S_IFCHR;
+        if is_char && st.st_rdev == null_rdev {
+            let zero = OpenOptions::new().write(true).open("/dev/zero")?;
+            nix::unistd::dup2(zero.as_raw_fd(), fd)?;
+        }
+    }
+    Ok(())
+}
