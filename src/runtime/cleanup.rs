@@ -19,6 +19,12 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
         Err(_) => {}
     }
+    // Most often a directory of ours without write permission, such as the
+    // mode-0000 `work/work` overlayfs leaves in every container's work dir:
+    // fixing modes is far cheaper than a user namespace.
+    if crate::layers::remove_tree(path).is_ok() {
+        return Ok(());
+    }
     // Already uid 0 of a user namespace (e.g. inside the pod process): no
     // other mapping would do better.
     if nix::unistd::Uid::effective().is_root() && in_user_namespace() {
