@@ -57,10 +57,10 @@ ms_runs() {
 # Interleaved, one of each per round, so background load hits all alike.
 rounds=$N; N=1
 for i in $(seq "$rounds"); do
-  ms_runs "$work/berth" as_user "$B" run "$img" -- true
-  ms_runs "$work/podman" as_user "${podman_as[@]}" run --rm --network=none "$img" true
-  ms_runs "$work/runc" as_user runc --root "$work/home/runc" run --bundle "$rb" "bench-$i"
-  ms_runs "$work/pod" as_user "$B" run --grace 0 --quiet-sidecars --sidecar side="$img" \
+  ms_runs "$work/r-berth" as_user "$B" run "$img" -- true
+  ms_runs "$work/r-podman" as_user "${podman_as[@]}" run --rm --network=none "$img" true
+  ms_runs "$work/r-runc" as_user runc --root "$work/home/runc" run --bundle "$rb" "bench-$i"
+  ms_runs "$work/r-pod" as_user "$B" run --grace 0 --quiet-sidecars --sidecar side="$img" \
     --sidecar-cmd "side=sleep 1000" "$img" -- true
 done
 
@@ -69,22 +69,25 @@ done
 # libcontainer 0.7 (process/init/process.rs: reopen_dev_null) re-points a
 # host-/dev/null stdout at a read-only /dev/null, so writes fail with EBADF.
 for i in 1 2 3; do
-  ms_runs "$work/cat-plain" as_user sh -c "head -c 1073741824 /dev/zero | '$work/rootfs/bin/cat' | cat >/dev/null"
-  ms_runs "$work/cat-berth" as_user sh -c "head -c 1073741824 /dev/zero | '$B' run '$img' -- cat | cat >/dev/null"
+  ms_runs "$work/r-cat-plain" as_user sh -c "head -c 1073741824 /dev/zero | '$work/rootfs/bin/cat' | cat >/dev/null"
+  ms_runs "$work/r-cat-berth" as_user sh -c "head -c 1073741824 /dev/zero | '$B' run '$img' -- cat | cat >/dev/null"
 done
 N=$rounds
 
 # RSS while a pod runs: the waiting berth (child of runuser) and the pod process (its child).
 as_user "$B" run "$img" -- sleep 3 & runuser_pid=$!
 sleep 1.5
-waiting=$(pgrep -P "$runuser_pid" -x berth | head -1 || true)
+waiting=
+for p in $(pgrep -u berthtest -x berth || true); do
+  tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q __internal || waiting=$p
+done
 pod=$( [ -n "$waiting" ] && pgrep -P "$waiting" | head -1 || true)
-kib() { awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null; }
+kib() { [ -n "$1" ] && awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || true; }
 w_rss=$(kib "$waiting" VmRSS); w_hwm=$(kib "$waiting" VmHWM)
 p_rss=$(kib "$pod" VmRSS); p_hwm=$(kib "$pod" VmHWM)
 wait "$runuser_pid" || true
 
-m() { median <"$work/$1"; }
+m() { median <"$work/r-$1"; }
 machine
 echo "image: busybox (static, one gzip layer), cached; medians of $rounds runs (3 for the 1 GiB stream)"
 echo
