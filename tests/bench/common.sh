@@ -61,6 +61,10 @@ PODMAN_OPTS=(--runtime runc --cgroup-manager=cgroupfs)
 timed() {
   local out=$1 t0 t1; shift
   [ "$1" = as_user ] && { shift; set -- "${U[@]}" "$@"; }
+  # Start every tool with no dirty pages left by the previous one: berth
+  # fsyncs what it stores, and an fsync behind gigabytes of another tool's
+  # writeback measured that writeback, not berth (seconds of noise).
+  sync
   t0=$(date +%s%N)
   if ! /usr/bin/time -v "$@" >/dev/null 2>"$out" </dev/null; then
     log "failed: $*"; tail -5 "$out" >&2; return 1
