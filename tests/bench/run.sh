@@ -1,70 +1,110 @@
 #!/usr/bin/env bash
-# Benchmark of `berth run` against its peers, all measured in this one run
-# (not a test). Run as root: the containers run as the unprivileged user
-# `berthtest`. Prints medians and ratios.
-#   - `berth run IMAGE -- true` on a cached image vs `podman run` (runc) and
-#     `runc run` on a ready bundle;
-#   - a two-container pod, start to main-process exit;
-#   - 1 GiB through `cat` in the main container vs the same cat in a plain pipe;
-#   - berth's own RSS while a pod runs.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+# Run benchmark (not a test), all as the user berthtest, every peer measured
+# in this same run:
+#   - `berth run IMAGE -- true` on a cached busybox image vs `podman run`
+#     (runc) and `runc run` on a ready rootless bundle (`runc spec --rootless`);
+#   - a two-container pod (main `true`, sidecar `sleep`), start to main-process
+#     exit and teardown;
+#   - 1 GiB through busybox `cat` in the main container vs the same cat in a
+#     plain pipe;
+#   - berth's RSS while a pod runs: the waiting berth process and, separately,
+#     the pod process (`berth __internal pod`, PID 1 of the pod's namespaces).
+# Prints medians of N runs (default 15; 3 for the 1 GiB stream).
+#
+#   sudo tests/bench/run.sh               # builds berth --release first
+#   sudo N=25 BERTH_BIN=target/release/berth tests/bench/run.sh
+. "$(dirname "$0")/common.sh"
 N=${N:-15}
-for p in docker-registry uidmap busybox-static podman runc curl; do
-  dpkg -s "$p" >/dev/null 2>&1 || { apt-get update -q >&2; DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$p" >&2; }
-done
-cargo build --release --locked >&2
-id berthtest >/dev/null 2>&1 || useradd -m -s /bin/sh berthtest
-
-work=$(mktemp -d /tmp/berth-bench.XXXXXX); chmod 755 "$work"
-reg_pid=
-cleanup() { [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null; rm -rf "$work" 2>/dev/null || true; }
-trap cleanup EXIT
-. tests/lib/images.sh
+. "$repo/tests/lib/images.sh"
 start_registry "$work"
 busybox_rootfs "$work/rootfs"
 push_rootfs "$work" "$work/rootfs" bench/busybox:latest
-img="127.0.0.1:$port/bench/busybox:latest"
-install -m 755 target/release/berth "$work/berth"
-mkdir -p "$work/home"; chown berthtest "$work/home"
-as_user() { runuser -u berthtest -- env HOME="$work/home" XDG_RUNTIME_DIR= XDG_DATA_HOME= XDG_CONFIG_HOME= "$@"; }
-B="$work/berth"
+img=127.0.0.1:$port/bench/busybox:latest
+podman_as=(podman --root "$work/home/podman" --runroot "$work/home/podman-run" "${PODMAN_OPTS[@]}")
 
-# median_ms CMD...: runs CMD $N times, prints the median wall time in ms.
-median_ms() {
-  local i t0 t1 times=()
+# A ready rootless runc bundle of the same busybox rootfs.
+rb=$work/runc-bundle
+mkdir -p "$rb"
+cp -a "$work/rootfs" "$rb/rootfs"
+chown -R berthtest: "$rb"
+as_user sh -c "cd '$rb' && runc spec --rootless"
+python3 - "$rb/config.json" <<'PY'
+import json, sys
+p = sys.argv[1]
+c = json.load(open(p))
+c["process"]["terminal"] = False
+c["process"]["args"] = ["true"]
+json.dump(c, open(p, "w"))
+PY
+
+as_user "$B" pull -q --tls-verify=false "$img"
+as_user "${podman_as[@]}" pull -q --tls-verify=false "$img" >/dev/null
+# Warm-up: first runs pay for page cache and podman's storage setup.
+as_user "$B" run "$img" -- true
+as_user "${podman_as[@]}" run --rm --network=none "$img" true
+as_user runc --root "$work/home/runc" run --bundle "$rb" warmup
+
+# ms_runs FILE CMD...: runs CMD $N times, appends each wall time in ms to FILE.
+ms_runs() {
+  local f=$1 i t0 t1; shift
   for i in $(seq "$N"); do
-    t0=$(date +%s%N); "$@" >/dev/null 2>&1 </dev/null || { echo "failed: $*" >&2; return 1; }; t1=$(date +%s%N)
-    times+=($(( (t1 - t0) / 1000 )))
+    t0=$(date +%s%N)
+    "$@" >/dev/null 2>"$work/err" </dev/null || { log "failed: $*"; tail -5 "$work/err" >&2; exit 1; }
+    t1=$(date +%s%N)
+    echo "$(( (t1 - t0) / 1000 ))" | awk '{printf "%.1f\n", $1 / 1000}' >>"$f"
   done
-  printf '%s\n' "${times[@]}" | sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f\n", m/1000}'
 }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+# Interleaved, one of each per round, so background load hits all alike.
+rounds=$N; N=1
+for i in $(seq "$rounds"); do
+  ms_runs "$work/r-berth" as_user "$B" run "$img" -- true
+  ms_runs "$work/r-podman" as_user "${podman_as[@]}" run --rm --network=none "$img" true
+  ms_runs "$work/r-runc" as_user runc --root "$work/home/runc" run --bundle "$rb" "bench-$i"
+  ms_runs "$work/r-pod" as_user "$B" run --grace 0 --quiet-sidecars --sidecar side="$img" \
+    --sidecar-cmd "side=sleep 1000" "$img" -- true
+done
 
-as_user "$B" pull --tls-verify=false -q "$img"
-as_user podman pull --tls-verify=false -q "$img" >/dev/null
-as_user "$B" bundle "$img" "$work/bundle" >/dev/null
-chown -R berthtest "$work/bundle" 2>/dev/null || true
+# 1 GiB through busybox cat: a plain pipe vs the main container's stdio.
+# The stream ends in a host `cat` rather than straight in /dev/null because
+# libcontainer 0.7 (process/init/process.rs: reopen_dev_null) re-points a
+# host-/dev/null stdout at a read-only /dev/null, so writes fail with EBADF.
+for i in 1 2 3; do
+  ms_runs "$work/r-cat-plain" as_user sh -c "head -c 1073741824 /dev/zero | '$work/rootfs/bin/cat' | cat >/dev/null"
+  ms_runs "$work/r-cat-berth" as_user sh -c "head -c 1073741824 /dev/zero | '$B' run '$img' -- cat | cat >/dev/null"
+done
+N=$rounds
 
-berth_true=$(median_ms as_user "$B" run "$img" -- true)
-podman_true=$(median_ms as_user podman run --rm --runtime runc --cgroup-manager=cgroupfs --network=none "$img" true)
-runc_true=$(median_ms as_user bash -c "cd '$work/bundle' && runc --root '$work/home/runc' run bench-\$\$ >/dev/null")
-pod_ms=$(median_ms as_user "$B" run --grace 0 --sidecar side="$img" --sidecar-cmd "side=sleep 1000" "$img" -- true)
+# RSS while a pod runs: the waiting berth (child of runuser) and the pod process (its child).
+as_user "$B" run "$img" -- sleep 3 & runuser_pid=$!
+sleep 1.5
+waiting=
+for p in $(pgrep -u berthtest -x berth || true); do
+  tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null | grep -q __internal || waiting=$p
+done
+pod=$( [ -n "$waiting" ] && pgrep -P "$waiting" | head -1 || true)
+kib() { [ -n "$1" ] && awk -v k="$2" '$1 == k":" {print $2}' "/proc/$1/status" 2>/dev/null || true; }
+w_rss=$(kib "$waiting" VmRSS); w_hwm=$(kib "$waiting" VmHWM)
+p_rss=$(kib "$pod" VmRSS); p_hwm=$(kib "$pod" VmHWM)
+wait "$runuser_pid" || true
 
-gib_plain=$(median_ms bash -c "head -c 1073741824 /dev/zero | $work/rootfs/bin/cat > /dev/null")
-N=3 gib_berth=$(N=3 median_ms as_user bash -c "head -c 1073741824 /dev/zero | '$B' run '$img' -- cat > /dev/null")
-
-as_user "$B" run "$img" -- sleep 2 & bpid=$!
-sleep 1
-rss_kb=$(for p in $(pgrep -u berthtest -x berth); do awk '/VmRSS/ {print $2}' /proc/$p/status; done | sort -n | head -1)
-wait "$bpid" || true
-
-cat <<OUT
-machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r), $(. /etc/os-release; echo "$PRETTY_NAME")
-berth run IMAGE -- true        ${berth_true} ms
-podman run IMAGE true (runc)   ${podman_true} ms   (berth $(ratio "$podman_true" "$berth_true")x faster)
-runc run (ready bundle)        ${runc_true} ms   (berth $(ratio "$runc_true" "$berth_true")x faster)
-two-container pod, to exit     ${pod_ms} ms
-1 GiB through cat: plain pipe  ${gib_plain} ms, berth ${gib_berth} ms (ratio $(ratio "$gib_berth" "$gib_plain"))
-berth RSS while a pod runs     ${rss_kb:-?} KiB
-OUT
+m() { median <"$work/r-$1"; }
+machine
+echo "image: busybox (static, one gzip layer), cached; medians of $rounds runs (3 for the 1 GiB stream)"
+echo
+printf '| %-44s | %9s | %14s |\n' what "time (ms)" "vs berth run"
+printf '|%s|%s|%s|\n' ---------------------------------------------- ----------- ----------------
+printf '| %-44s | %9s | %14s |\n' "berth run IMAGE -- true" "$(m berth)" "1.00"
+printf '| %-44s | %9s | %14s |\n' "podman run --rm IMAGE true (runc)" "$(m podman)" "$(ratio "$(m podman)" "$(m berth)")x slower"
+printf '| %-44s | %9s | %14s |\n' "runc run, bundle ready" "$(m runc)" "$(ratio "$(m runc)" "$(m berth)")x slower"
+printf '| %-44s | %9s | %14s |\n' "berth run, 2-container pod, to exit" "$(m pod)" "-"
+printf '| %-44s | %9s | %14s |\n' "1 GiB through cat, plain pipe" "$(m cat-plain)" "-"
+printf '| %-44s | %9s | %14s |\n' "1 GiB through cat, berth run main container" "$(m cat-berth)" "$(ratio "$(m cat-berth)" "$(m cat-plain)")x the pipe"
+echo
+echo "berth RSS while a pod runs: waiting berth ${w_rss:-?} KiB (peak ${w_hwm:-?} KiB)," \
+  "pod process ${p_rss:-?} KiB (peak ${p_hwm:-?} KiB)"
+ok() { awk "BEGIN{print ($1)?\"met\":\"MISSED\"}"; }
+echo "goals: >= 5x faster than podman: $(ok "$(m podman) >= 5 * $(m berth)");" \
+  "faster than runc: $(ok "$(m runc) > $(m berth)");" \
+  "pod < 60 ms: $(ok "$(m pod) < 60");" \
+  "cat within 10%: $(ok "$(m cat-berth) <= 1.10 * $(m cat-plain)");" \
+  "waiting berth < 15 MiB: $(ok "${w_rss:-999999} < 15360")"
