@@ -544,3 +544,37 @@ async fn a_challenge_learnt_after_an_open_ping_is_remembered() {
     c.manifest(&r, media::ALL_MANIFESTS).await.unwrap();
     assert_eq!(manifest_requests(&server), 3, "one 401, then credentials up front");
 }
+
+/// 403: the message names the registry and says whether credentials were
+/// sent; never retried.
+#[tokio::test]
+async fn forbidden_names_the_registry_and_the_credentials() {
+    let server = Server::start(|req: &Request, _| {
+        if req.path == "/v2/" {
+            return Reply::new(200);
+        }
+        Reply::new(403)
+    })
+    .await;
+    let r = rref(&format!("{}/app:v1", server.host()));
+    let e = client(insecure()).manifest(&r, media::ALL_MANIFESTS).await.unwrap_err();
+    assert!(matches!(e, RegistryError::Forbidden { credentials_sent: false, .. }), "{e:?}");
+    assert!(e.to_string().contains(&server.host()), "{e}");
+    assert_eq!(manifest_requests(&server), 1, "403 is not retried");
+
+    // With basic credentials on a registry that challenges for them.
+    let server = Server::start(|req: &Request, _| {
+        if req.header("authorization").is_none() {
+            return Reply::new(401).header("WWW-Authenticate", "Basic realm=\"r\"");
+        }
+        Reply::new(403)
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let auth = auth_file(dir.path(), &server.host(), "u", "p");
+    let c = client(ClientOptions { auth, ..insecure() });
+    let r = rref(&format!("{}/app:v1", server.host()));
+    let e = c.manifest(&r, media::ALL_MANIFESTS).await.unwrap_err();
+    assert!(matches!(e, RegistryError::Forbidden { credentials_sent: true, .. }), "{e:?}");
+    assert!(e.to_string().contains("credentials were sent"), "{e}");
+}
