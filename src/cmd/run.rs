@@ -6,7 +6,27 @@ use clap::Args;
 
 use crate::cli::Global;
 
+/// Shown by `berth run --help`.
+const RUN_EXAMPLES: &str = "\
+Examples:
+  berth run busybox -- sh -c 'echo hello'
+      one container; its stdin and stdout are berth's own
+  berth run --sidecar db=postgres:16 maven:3-eclipse-temurin-17 -- mvn -B verify
+      the build reaches the database as db:5432 (every container name and the
+      pod name resolve to 127.0.0.1 in the pod's private network)
+  berth run --pod bundles/demo.yaml
+      a Kubernetes Pod file: init containers run first, readiness probes gate
+      the main container (the first of spec.containers, or --main NAME)
+  berth run --workspace ~/src/app IMAGE -- make
+      the host directory is /workspace in every container; files written
+      there by container root belong to you
+
+Jenkins (\"Launch agent via execution of command on the controller\"):
+  berth run --pod /etc/berth/jenkins-agent.yaml --workspace /var/lib/jenkins-agent
+      progress and errors go to stderr (the launch log); stdout is the agent's";
+
 #[derive(Debug, Args)]
+#[command(after_long_help = RUN_EXAMPLES)]
 pub struct RunArgs {
     /// Kubernetes Pod manifest (v1, kind Pod) to run.
     #[arg(long, value_name = "FILE", conflicts_with = "image")]
