@@ -153,7 +153,7 @@ fn invalid_files_point_at_the_node() {
         ),
         (format!("{}  volumes:\n  - name: v\n    hostPath: {{}}\n", c("")), 11, 15, "hostPath.path is required"),
         // Semantics, found by Pod::validate.
-        (format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: My_Pod\nspec:\n  containers:\n  - {{name: m, image: b}}\n"), 4, 9, "metadata.name: invalid pod name \"My_Pod\""),
+        ("apiVersion: v1\nkind: Pod\nmetadata:\n  name: My_Pod\nspec:\n  containers:\n  - {name: m, image: b}\n".to_string(), 4, 9, "metadata.name: invalid pod name \"My_Pod\""),
         (c("  - name: Web\n    image: b\n"), 9, 11, "spec.containers[1].name: invalid container name \"Web\""),
         (c("  - name: main\n    image: b\n"), 9, 11, "spec.containers[1].name: container name \"main\" is used twice"),
         (
@@ -454,4 +454,32 @@ fn mutated_and_random_input_never_panics() {
     }
     // The mutations must leave some files valid, or this tests only the parser.
     assert!(accepted > 100, "only {accepted} accepted");
+}
+
+#[test]
+fn hostile_shapes_are_clean_errors() {
+    let near_cap = (MAX_FILE_SIZE - 100) as usize;
+    let inputs = [
+        "- ".repeat(near_cap / 2),
+        "[".repeat(near_cap),
+        "{a: ".repeat(near_cap / 4),
+        format!("{HEAD}spec: {}", "x".repeat(near_cap - 50)),
+        format!("{HEAD}  name: \"{}\"\nspec: {{}}\n", "\\u0000".repeat(1000)),
+        "a: &x 1\n".to_string() + &"b: *x\n".repeat(1000),
+        "&a [*a]".into(),
+        "*nope".into(),
+        "!!binary aGVsbG8=".into(),
+        "%YAML 9.9\n---\na: 1\n".into(),
+        "? [a]\n: b\n".into(),
+        "\u{feff}\u{feff}".into(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: p, image: b, ports: [{containerPort: 99999999999999999999999}]}]}\n".into(),
+    ];
+    for text in inputs {
+        match kube::from_str(&text, "x.yaml") {
+            Err(PodFileError::Invalid { line, column, message, .. }) => {
+                assert!(line >= 1 && column >= 1 && !message.contains('\n'), "{message:?}");
+            }
+            other => panic!("{:?}: {other:?}", &text[..text.len().min(60)]),
+        }
+    }
 }
