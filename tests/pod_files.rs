@@ -474,3 +474,31 @@ fn mutated_and_random_input_never_panics() {
     // The mutations must leave some files valid, or this tests only the parser.
     assert!(accepted > 100, "only {accepted} accepted");
 }
+
+#[test]
+fn hostile_shapes_are_clean_errors() {
+    let near_cap = (MAX_FILE_SIZE - 100) as usize;
+    let inputs = [
+        "- ".repeat(near_cap / 2),
+        "[".repeat(near_cap),
+        "{a: ".repeat(near_cap / 4),
+        format!("{HEAD}spec: {}", "x".repeat(near_cap - 50)),
+        format!("{HEAD}  name: \"{}\"\nspec: {{}}\n", "\\u0000".repeat(1000)),
+        "a: &x 1\n".to_string() + &"b: *x\n".repeat(1000),
+        "&a [*a]".into(),
+        "*nope".into(),
+        "!!binary aGVsbG8=".into(),
+        "%YAML 9.9\n---\na: 1\n".into(),
+        "? [a]\n: b\n".into(),
+        "\u{feff}\u{feff}".into(),
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: p, image: b, ports: [{containerPort: 99999999999999999999999}]}]}\n".into(),
+    ];
+    for text in inputs {
+        match kube::from_str(&text, "x.yaml") {
+            Err(PodFileError::Invalid { line, column, message, .. }) => {
+                assert!(line >= 1 && column >= 1 && !message.contains('\n'), "{message:?}");
+            }
+            other => panic!("{:?}: {other:?}", &text[..text.len().min(60)]),
+        }
+    }
+}

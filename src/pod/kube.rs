@@ -878,14 +878,13 @@ fn is_port_name(s: &str) -> bool {
         && !s.contains("--")
 }
 
+type Env = Vec<(String, String)>;
+type Argv = Option<Vec<String>>;
+
 /// Kubernetes' `$(VAR)` references: each env value may use the variables
 /// defined before it; command and args may use them all. `$$` is a literal
 /// `$`; a reference to an undefined variable is left as written.
-fn expand_references(
-    env: Vec<(String, String)>,
-    command: Option<Vec<String>>,
-    args: Option<Vec<String>>,
-) -> (Vec<(String, String)>, Option<Vec<String>>, Option<Vec<String>>) {
+fn expand_references(env: Env, command: Argv, args: Argv) -> (Env, Argv, Argv) {
     let mut defined: HashMap<String, String> = HashMap::new();
     let mut expanded = Vec::with_capacity(env.len());
     for (k, v) in env {

@@ -398,9 +398,11 @@ mod tests {
         pod().validate().unwrap();
     }
 
+    type Case = (Box<dyn Fn(&mut Pod)>, &'static str);
+
     #[test]
     fn each_rule_names_its_field() {
-        let cases: Vec<(Box<dyn Fn(&mut Pod)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (Box::new(|p| p.name = "Bad".into()), "metadata.name"),
             (Box::new(|p| p.containers.clear()), "spec.containers"),
             (Box::new(|p| p.main = 2), "spec.containers"),

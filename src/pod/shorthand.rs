@@ -297,9 +297,11 @@ mod tests {
         assert!(p.containers[0].env.is_empty());
     }
 
+    type Case = (Box<dyn Fn(&mut ShorthandArgs)>, &'static str);
+
     #[test]
     fn errors() {
-        let cases: Vec<(Box<dyn Fn(&mut ShorthandArgs)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (Box::new(|a| a.sidecars = vec!["web".into()]), "--sidecar \"web\": expected NAME=IMAGE"),
             (Box::new(|a| a.sidecars = vec!["=busybox".into()]), "--sidecar \"=busybox\": expected NAME=IMAGE"),
             (Box::new(|a| a.sidecars = vec!["Web=busybox".into()]), "invalid container name \"Web\""),
