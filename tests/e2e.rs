@@ -8,58 +8,15 @@ use std::process::Stdio;
 
 use common::*;
 
-/// busybox-static with every applet the pod tests use (httpd, wget, …),
+/// busybox-static with the applets the pod tests use (httpd, wget, …),
 /// plus a second layer that owns a file as uid 1000 and a setuid file.
 fn full_image() -> Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
-    let mut t = TarBuilder::new()
-        .dir("bin", 0o755)
-        .dir("etc", 0o755)
-        .dir("tmp", 0o1777)
-        .dir("root", 0o700)
-        .file("bin/busybox", 0o755, &busybox)
-        .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nbuilder:x:1000:1000::/home/builder:/bin/sh\n")
-        .file("etc/group", 0o644, b"root:x:0:\nbuilder:x:1000:\n");
-    for a in ["sh", "ls", "cat", "echo", "true", "false", "sleep", "id", "wget", "httpd", "stat", "sha256sum", "head", "kill", "mount", "ps", "ip"] {
-        t = t.symlink(&format!("bin/{a}"), "busybox");
-    }
-    Image::new(vec![Layer::new(&t.finish(), Comp::Gzip, false), Layer::new(&owned_layer(), Comp::Zstd, false)])
+    let applets = ["wget", "httpd", "stat", "sha256sum", "kill", "mount", "ps", "ip", "grep"];
+    Image::new(vec![Layer::new(&busybox_tar_with(&applets), Comp::Gzip, false), Layer::new(&owned_layer(), Comp::Zstd, false)])
 }
 
-fn owned_layer() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, mode, uid) in [("home/builder/", 0o755 | 0o040000, 1000u64), ("home/builder/notes", 0o644, 1000)] {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(path).unwrap();
-        h.set_mode(mode & 0o7777);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
-        let data: &[u8] = if path.ends_with('/') { b"" } else { b"mine\n" };
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    b.into_inner().unwrap()
-}
-
-struct Setup {
-    _reg: Registry,
-    env: Env,
-    image: String,
-}
-
-fn setup() -> Setup {
-    let reg = Registry::start();
-    reg.push_image("berth/busybox", "latest", &full_image());
-    let env = Env::for_test_user();
-    // Pod files name `localhost:5000/...`; registries.conf points it here.
-    env.registries_conf(&format!(
-        "[[registry]]\nprefix = \"localhost:5000\"\nlocation = \"{}\"\ninsecure = true\n",
-        reg.host()
-    ));
-    let image = format!("{}/berth/busybox:latest", reg.host());
-    Setup { _reg: reg, env, image }
+fn setup() -> Served {
+    Served::start("berth/busybox", &full_image(), false)
 }
 
 #[test]

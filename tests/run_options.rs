@@ -12,43 +12,11 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// busybox-static (every applet reachable as `busybox APPLET`) plus a
-/// second layer with a file owned by uid 1000 and a setuid file.
-fn image() -> Image {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, mode, uid, data) in [
-        ("home/builder/", 0o755, 1000u64, &b""[..]),
-        ("home/builder/notes", 0o644, 1000, b"mine\n"),
-        ("bin/suid", 0o4755, 0, b"#!/bin/sh\n"),
-    ] {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(path).unwrap();
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    Image::new(vec![Layer::new(&busybox_tar(), Comp::Gzip, false), Layer::new(&b.into_inner().unwrap(), Comp::Zstd, false)])
-}
-
-struct Setup {
-    _reg: Registry,
-    env: Env,
-    image: String,
-}
-
-/// A registry with the image, and an environment for the test user that
-/// has pulled it.
-fn setup() -> Setup {
-    let reg = Registry::start();
-    reg.push_image("berth/busybox", "latest", &image());
-    let env = Env::for_test_user();
-    let image = format!("{}/berth/busybox:latest", reg.host());
-    env.run_as_user(&["pull", "-q", "--tls-verify=false", &image]).ok();
-    Setup { _reg: reg, env, image }
+/// busybox-static plus a second layer with a file owned by uid 1000 and a
+/// setuid file; pulled by the test user.
+fn setup() -> Served {
+    let image = Image::new(vec![Layer::new(&busybox_tar(), Comp::Gzip, false), Layer::new(&owned_layer(), Comp::Zstd, false)]);
+    Served::start("berth/busybox", &image, true)
 }
 
 /// Every path under `dir` with its type, mode, owner, size, mtime and

@@ -14,36 +14,9 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn image() -> Image {
-    let busybox = std::fs::read("/bin/busybox").expect("busybox-static");
-    let mut t = TarBuilder::new()
-        .dir("bin", 0o755)
-        .dir("etc", 0o755)
-        .dir("tmp", 0o1777)
-        .dir("root", 0o700)
-        .file("bin/busybox", 0o755, &busybox)
-        .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\n")
-        .file("etc/group", 0o644, b"root:x:0:\n");
-    for a in ["sh", "cat", "echo", "sleep", "tty", "stty", "true"] {
-        t = t.symlink(&format!("bin/{a}"), "busybox");
-    }
-    Image::new(vec![Layer::new(&t.finish(), Comp::Gzip, false)])
-}
-
-struct Setup {
-    _reg: Registry,
-    env: Env,
-    image: String,
-}
-
-fn setup() -> Setup {
-    let reg = Registry::start();
-    reg.push_image("berth/tty", "latest", &image());
-    let env = Env::for_test_user();
-    env.registries_conf(&format!("[[registry]]\nprefix = \"localhost:5000\"\nlocation = \"{}\"\ninsecure = true\n", reg.host()));
-    let image = format!("{}/berth/tty:latest", reg.host());
-    env.run_as_user(&["pull", "-q", "--tls-verify=false", &image]).ok();
-    Setup { _reg: reg, env, image }
+fn setup() -> Served {
+    let image = Image::new(vec![Layer::new(&busybox_tar_with(&["tty", "stty"]), Comp::Gzip, false)]);
+    Served::start("berth/tty", &image, true)
 }
 
 /// The user's side of a terminal that berth runs on.

@@ -430,6 +430,11 @@ pub const BUSYBOX_APPLETS: &[&str] = &["sh", "ls", "cat", "echo", "true", "false
 /// A minimal root filesystem: `/bin/busybox` from busybox-static, its
 /// applets as symlinks, `/etc/passwd` and `/etc/group`.
 pub fn busybox_tar() -> Vec<u8> {
+    busybox_tar_with(&[])
+}
+
+/// [`busybox_tar`] with more applets linked (`httpd`, `wget`, `tty`, …).
+pub fn busybox_tar_with(extra_applets: &[&str]) -> Vec<u8> {
     let busybox = std::fs::read("/bin/busybox").expect("/bin/busybox (Debian package busybox-static)");
     let mut t = TarBuilder::new()
         .dir("bin", 0o755)
@@ -438,10 +443,63 @@ pub fn busybox_tar() -> Vec<u8> {
         .file("bin/busybox", 0o755, &busybox)
         .file("etc/passwd", 0o644, b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n")
         .file("etc/group", 0o644, b"root:x:0:\nnogroup:x:65534:\n");
-    for a in BUSYBOX_APPLETS {
+    let mut applets: Vec<&str> = BUSYBOX_APPLETS.to_vec();
+    applets.extend(extra_applets.iter().filter(|a| !BUSYBOX_APPLETS.contains(a)));
+    for a in applets {
         t = t.symlink(&format!("bin/{a}"), "busybox");
     }
     t.finish()
+}
+
+/// A layer with a directory and a file owned by uid/gid 1000
+/// (`/home/builder/notes`) and a setuid root file (`/bin/suid`), for tests
+/// of ownership through unpacking and copying.
+pub fn owned_layer() -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, mode, uid, data) in [
+        ("home/builder/", 0o755, 1000u64, &b""[..]),
+        ("home/builder/notes", 0o644, 1000, b"mine\n"),
+        ("bin/suid", 0o4755, 0, b"#!/bin/sh\n"),
+    ] {
+        let mut h = tar::Header::new_ustar();
+        h.set_path(path).unwrap();
+        h.set_mode(mode);
+        h.set_uid(uid);
+        h.set_gid(uid);
+        h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+/// A registry serving one image, and an environment for [`TEST_USER`] whose
+/// registries.conf sends `localhost:5000/…` (the name the example pod files
+/// use) to it.
+pub struct Served {
+    pub reg: Registry,
+    pub env: Env,
+    /// `HOST:PORT/REPO:latest`.
+    pub image: String,
+}
+
+impl Served {
+    /// Pushes `image` as `REPO:latest`; with `pull`, the test user pulls it.
+    pub fn start(repo: &str, image: &Image, pull: bool) -> Served {
+        let reg = Registry::start();
+        reg.push_image(repo, "latest", image);
+        let env = Env::for_test_user();
+        env.registries_conf(&format!(
+            "[[registry]]\nprefix = \"localhost:5000\"\nlocation = \"{}\"\ninsecure = true\n",
+            reg.host()
+        ));
+        let image = format!("{}/{repo}:latest", reg.host());
+        if pull {
+            env.run_as_user(&["pull", "-q", "--tls-verify=false", &image]).ok();
+        }
+        Served { reg, env, image }
+    }
 }
 
 /// How a layer blob is compressed.
