@@ -57,17 +57,7 @@ impl CertDirs {
 /// Every certificate in `dir/*.crt`, sorted by file name; a missing directory
 /// has none.
 fn read_dir_certs(dir: &Path) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ConfigError::Read { path: dir.to_path_buf(), source }),
-    };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "crt"))
-        .collect();
-    files.sort();
+    let files = super::files_with_extension(dir, "crt")?;
     let mut out = Vec::new();
     for f in files {
         let pem = std::fs::read(&f).map_err(|source| ConfigError::Read { path: f.clone(), source })?;

@@ -35,3 +35,19 @@ fn config_home() -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
         .or_else(|| home_dir().map(|h| h.join(".config")))
 }
+
+/// The files `dir/*.EXT`, sorted by name; a missing directory has none.
+pub(crate) fn files_with_extension(dir: &std::path::Path, ext: &str) -> Result<Vec<std::path::PathBuf>, ConfigError> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => return Err(ConfigError::Read { path: dir.to_path_buf(), source }),
+    };
+    let mut files: Vec<std::path::PathBuf> = rd
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == ext) && p.is_file())
+        .collect();
+    files.sort();
+    Ok(files)
+}

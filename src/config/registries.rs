@@ -361,18 +361,7 @@ fn config_files() -> Result<Vec<PathBuf>, ConfigError> {
 
 /// `DIR/*.conf`, sorted by name.
 fn drop_ins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
-    let rd = match std::fs::read_dir(dir) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => return Err(ConfigError::Read { path: dir.to_path_buf(), source }),
-    };
-    let mut files: Vec<PathBuf> = rd
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "conf") && p.is_file())
-        .collect();
-    files.sort();
-    Ok(files)
+    super::files_with_extension(dir, "conf")
 }
 
 /// containers/image's `refMatchesPrefix`: the prefix ends at a component

@@ -1,9 +1,8 @@
 //! Writing one blob: a partial file under `ingest/`, hashed as it grows,
 //! renamed into `blobs/` once its size and digest are right.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use nix::fcntl::Flock;
@@ -33,15 +32,7 @@ impl std::fmt::Debug for Ingest {
 impl Ingest {
     /// Opens the partial file and hashes what an earlier attempt left there.
     pub(super) fn open(lock: Flock<File>, digest: Digest, size: u64, partial: PathBuf, target: PathBuf) -> Result<Ingest, StoreError> {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&partial)
-            .map_err(StoreError::io(&partial))?;
+        let mut file = super::open_private(&partial)?;
         let mut hasher = Hasher::new();
         let len = file.metadata().map_err(StoreError::io(&partial))?.len();
         if len > size {

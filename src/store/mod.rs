@@ -279,9 +279,10 @@ fn remove(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// Opens (creating) a lock file and flocks it, waiting as long as it takes.
-fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>, StoreError> {
-    let mut file = OpenOptions::new()
+/// Opens (creating, mode 0600, never truncating) a file of the store's own:
+/// a lock file or a partial download.
+pub(crate) fn open_private(path: &Path) -> Result<File, StoreError> {
+    OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
@@ -289,7 +290,12 @@ fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>, StoreError> {
         .mode(0o600)
         .custom_flags(libc::O_CLOEXEC)
         .open(path)
-        .map_err(StoreError::io(path))?;
+        .map_err(StoreError::io(path))
+}
+
+/// Opens (creating) a lock file and flocks it, waiting as long as it takes.
+fn lock_file(path: &Path, arg: FlockArg) -> Result<Flock<File>, StoreError> {
+    let mut file = open_private(path)?;
     loop {
         match Flock::lock(file, arg) {
             Ok(l) => return Ok(l),
