@@ -213,12 +213,8 @@ impl Client {
         let mut last = None;
         for ep in &eps {
             match self.with_retries(|| self.manifest_from(ep, r, accept)).await {
-                Ok(m) => return Ok(m),
-                Err(e) if ep.mirror && e.try_next_endpoint() => {
-                    tracing::warn!("mirror {}/{}: {e}; trying the next endpoint", ep.host, ep.repository);
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
+                Err(e) if next_endpoint(ep, &e) => last = Some(e),
+                result => return result,
             }
         }
         Err(last.unwrap_or_else(|| no_endpoint(r)))
@@ -256,12 +252,8 @@ impl Client {
         let mut last = None;
         for ep in &eps {
             match self.with_retries(|| self.blob_from(ep, digest, offset)).await {
-                Ok(b) => return Ok(b),
-                Err(e) if ep.mirror && e.try_next_endpoint() => {
-                    tracing::warn!("mirror {}/{}: {e}; trying the next endpoint", ep.host, ep.repository);
-                    last = Some(e);
-                }
-                Err(e) => return Err(e),
+                Err(e) if next_endpoint(ep, &e) => last = Some(e),
+                result => return result,
             }
         }
         Err(last.unwrap_or_else(|| no_endpoint(r)))
@@ -780,3 +772,14 @@ fn host_port(url: &Url) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// Whether a failure at `ep` should move on to the next endpoint: only a
+/// mirror falls back (to the next mirror, then the primary), and only for
+/// errors another endpoint could cure.
+fn next_endpoint(ep: &Endpoint, e: &RegistryError) -> bool {
+    let next = ep.mirror && e.try_next_endpoint();
+    if next {
+        tracing::warn!("mirror {}/{}: {e}; trying the next endpoint", ep.host, ep.repository);
+    }
+    next
+}
