@@ -31,6 +31,8 @@ pub enum UsernsError {
     Clone(nix::Error),
     #[error("{tool} {pid} failed: {detail}")]
     Map { tool: &'static str, pid: i32, detail: String },
+    #[error("moving the new process into cgroup {path}")]
+    Cgroup { path: PathBuf, source: io::Error },
     #[error("executing {program} in the new namespace failed")]
     Exec { program: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -234,11 +236,14 @@ pub struct SpawnOptions {
     /// File descriptors the child keeps across exec (their `FD_CLOEXEC` is
     /// cleared in the child only). fds 0, 1 and 2 are always inherited.
     pub keep_fds: Vec<RawFd>,
+    /// A cgroup (v2) directory the child is moved into before it runs, so
+    /// that a cgroup namespace it makes is rooted there.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl Default for SpawnOptions {
     fn default() -> Self {
-        SpawnOptions { extra_namespaces: CloneFlags::empty(), parent_death_signal: None, keep_fds: Vec::new() }
+        SpawnOptions { extra_namespaces: CloneFlags::empty(), parent_death_signal: None, keep_fds: Vec::new(), cgroup: None }
     }
 }
 
@@ -319,7 +324,11 @@ pub fn spawn(
     drop(err_w);
 
     let mut go_w = fs::File::from(go_w);
-    let mapped = mapping.apply(pid);
+    let mut mapped = mapping.apply(pid);
+    if let (Ok(()), Some(cg)) = (&mapped, &opts.cgroup) {
+        let procs = cg.join("cgroup.procs");
+        mapped = fs::write(&procs, pid.as_raw().to_string()).map_err(|source| UsernsError::Cgroup { path: procs, source });
+    }
     if let Err(e) = mapped {
         drop(go_w); // the child sees EOF and exits
         let _ = nix::sys::wait::waitpid(pid, None);
@@ -474,7 +483,7 @@ mod tests {
             gids: vec![IdRange { container: 0, host: 200000, count: 11 }],
         };
         let script = format!("echo $$ $(id -u) $(id -g) > {}; cat /proc/self/uid_map >> {}", out.display(), out.display());
-        let opts = SpawnOptions { extra_namespaces: CloneFlags::CLONE_NEWPID, parent_death_signal: Some(Signal::SIGKILL), keep_fds: vec![] };
+        let opts = SpawnOptions { extra_namespaces: CloneFlags::CLONE_NEWPID, parent_death_signal: Some(Signal::SIGKILL), keep_fds: vec![], ..Default::default() };
         let pid = spawn(&m, Path::new("/bin/sh"), &["-c".into(), script.into()], &opts).unwrap();
         let st = nix::sys::wait::waitpid(pid, None).unwrap();
         assert_eq!(st, nix::sys::wait::WaitStatus::Exited(pid, 0));

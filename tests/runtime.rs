@@ -528,3 +528,31 @@ fn runtime_failed_init_or_readiness_is_a_provisioning_failure() {
     // `sleep` as PID 1 ignores SIGTERM).
     assert!(t.elapsed() < Duration::from_secs(25));
 }
+
+/// This host's cgroup v2 hierarchy has no controllers (hybrid layout): limits
+/// cannot be applied, which berth says once, and the pod still runs. (The
+/// delegated cgroup v2 case is tested in a guest: tests/vm_guest.rs.)
+#[test]
+fn runtime_limits_without_usable_cgroup_warn_once_and_run() {
+    let env = Env::new();
+    let b = env.bundle("b");
+    let run = |extra: &[&str]| {
+        let mut args = vec!["run", "--bundle", b.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["--", "sh", "-c", "echo ran; exit 4"]);
+        let out = env.berth(&args).stdin(Stdio::null()).output().unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (code, out, err) = run(&["--memory", "64Mi", "--cpus", "500m", "--pids-limit", "100"]);
+    assert_eq!((code, out.as_str()), (Some(4), "ran\n"), "stderr: {err}");
+    let warnings: Vec<&str> = err.lines().filter(|l| l.contains("limits")).collect();
+    assert_eq!(warnings.len(), 1, "stderr: {err}");
+    assert!(warnings[0].contains("resource limits are not applied") && warnings[0].contains("cgroup"), "{err}");
+    let (code, out, err) = run(&[]);
+    assert_eq!((code, out.as_str(), err.as_str()), (Some(4), "ran\n", ""));
+    // Bad values are usage errors.
+    for bad in [["--memory", "0"], ["--memory", "12MB"], ["--cpus", "-1"], ["--pids-limit", "0"]] {
+        let (code, out, err) = run(&bad);
+        assert_eq!((code, out.as_str()), (Some(125), ""), "{bad:?}: {err}");
+    }
+}

@@ -49,6 +49,11 @@ pub fn pod_from_args(a: &RunArgs) -> anyhow::Result<Pod> {
             network,
         })?
     };
+    if a.memory.is_some() || a.cpus.is_some() {
+        let main = pod.main_container_mut().context("the pod has no main container")?;
+        main.limits.memory_bytes = a.memory.or(main.limits.memory_bytes);
+        main.limits.cpu_millis = a.cpus.or(main.limits.cpu_millis);
+    }
     if a.pod.is_some() && (!a.env.is_empty() || a.workdir.is_some()) {
         let main = pod.main_container_mut().context("the pod has no main container")?;
         for kv in &a.env {
@@ -197,6 +202,7 @@ fn plan_and_launch(
         // --grace given explicitly wins over the pod file's.
         grace: std::time::Duration::from_secs(a.grace.or(pod.grace_seconds).unwrap_or(super::run::DEFAULT_GRACE)),
         quiet_sidecars: a.quiet_sidecars,
+        pids_limit: a.pids_limit,
     };
     let opts = runtime::LaunchOptions { mapping: &prov.mapping, verbose: g.verbose, keep_state: a.keep };
     let result = runtime::launch(&plan, dir, &opts);

@@ -64,13 +64,8 @@ pub fn ps(g: &Global, a: PsArgs) -> anyhow::Result<u8> {
             .as_ref()
             .map(|s| s.containers.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","))
             .unwrap_or_default();
-        // While it runs, the containers' own peaks from /proc (the status
-        // file has only those of containers that have ended).
-        let live_peak = if live { pod.read_owner().ok().and_then(|o| state::live_peak_rss(nix::unistd::Pid::from_raw(o.pod_pid))) } else { None };
-        let peak = status
-            .as_ref()
-            .and_then(|s| s.peak_memory)
-            .max(live_peak)
+        let peak = pod
+            .peak_memory(live)
             .map(|b| format!("{:.1} MiB", b as f64 / (1u64 << 20) as f64))
             .unwrap_or_else(|| "-".into());
         let age = pod

@@ -64,6 +64,17 @@ pub struct RunArgs {
     /// `private` (loopback only) or `host`.
     #[arg(long, default_value = "private")]
     pub network: String,
+    /// Memory limit of the main container, a Kubernetes quantity (512Mi,
+    /// 2Gi) [default: the pod file's resources.limits.memory].
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory)]
+    pub memory: Option<u64>,
+    /// CPU limit of the main container in cores (1.5, or 500m for half a
+    /// core) [default: the pod file's resources.limits.cpu].
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_cpus)]
+    pub cpus: Option<u64>,
+    /// Most tasks (processes and threads) in the whole pod [default: no limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub pids_limit: Option<u64>,
     /// Do not echo sidecar output to stderr.
     #[arg(long)]
     pub quiet_sidecars: bool,
@@ -113,6 +124,20 @@ pub enum RootfsMode {
     Copy,
 }
 
+fn parse_memory(s: &str) -> Result<u64, String> {
+    match crate::pod::quantity::bytes(s) {
+        Ok(0) => Err("must be more than 0".into()),
+        r => r.map_err(|e| e.to_string()),
+    }
+}
+
+fn parse_cpus(s: &str) -> Result<u64, String> {
+    match crate::pod::quantity::millis(s) {
+        Ok(0) => Err("must be more than 0".into()),
+        r => r.map_err(|e| e.to_string()),
+    }
+}
+
 /// Seconds between SIGTERM and SIGKILL when neither `--grace` nor the pod
 /// file says.
 pub const DEFAULT_GRACE: u64 = 5;
@@ -146,7 +171,7 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
         rootfs: RootfsSource::Bundle,
         command,
         readiness: None,
-        limits: Default::default(),
+        limits: runtime::Limits { memory_bytes: a.memory.filter(|_| role == Role::Main), cpu_millis: a.cpus.filter(|_| role == Role::Main), pids: None },
         mounts: Vec::new(),
         tty: role == Role::Main && a.tty,
     };
@@ -205,6 +230,7 @@ fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<
         extra_hosts: Vec::new(),
         grace: std::time::Duration::from_secs(a.grace.unwrap_or(DEFAULT_GRACE)),
         quiet_sidecars: a.quiet_sidecars,
+        pids_limit: a.pids_limit,
     };
     let opts = runtime::LaunchOptions { mapping: &mapping, verbose: g.verbose, keep_state: a.keep };
     let result = runtime::launch(&plan, &dir, &opts);

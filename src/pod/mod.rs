@@ -7,7 +7,7 @@
 
 pub mod kube;
 pub mod shorthand;
-mod quantity;
+pub mod quantity;
 mod yaml;
 
 use std::collections::HashSet;

@@ -118,8 +118,8 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     if !ctx.cgroups {
         linux.set_resources(None);
     } else {
-        // Unique per pod: two pods of one user share the cgroup berth runs in.
-        linux.set_cgroups_path(Some(PathBuf::from(format!("/berth/{}/{}", ctx.pod, c.name))));
+        // Relative to the pod process's cgroup view, rooted at the pod's cgroup.
+        linux.set_cgroups_path(Some(PathBuf::from(format!("/{}", c.name))));
         if !c.limits.is_empty() {
             linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
         }

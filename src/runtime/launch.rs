@@ -15,6 +15,7 @@ use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::cgroup::{self, PodCgroup};
 use super::signals;
 use super::state::{self, Owner, PodDir, StateError};
 use super::PodPlan;
@@ -63,8 +64,14 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     // drop, whatever ends the pod); the pod process copies to and from it.
     let tty = plan.main().tty;
     let raw = if tty { super::pty::RawMode::stdin() } else { None };
-    let result = run_pod_process(dir, opts, &set, tty);
+    let cgroup = pod_cgroup(plan, dir);
+    let result = run_pod_process(dir, opts, &set, tty, cgroup.as_ref());
     drop(raw);
+    if let Some(cg) = cgroup {
+        if let Err(e) = cg.remove() {
+            tracing::warn!("removing cgroup {}: {e}", cg.dir.display());
+        }
+    }
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if !opts.keep_state {
         if let Err(e) = dir.remove() {
@@ -74,7 +81,44 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     result
 }
 
-fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signal::SigSet, tty: bool) -> Result<u8, LaunchError> {
+/// The pod's own cgroup, where berth can make one: it gives the containers
+/// their limits and the pod a boundary. Elsewhere the pod runs without,
+/// and a warning says so when the plan asked for limits.
+fn pod_cgroup(plan: &PodPlan, dir: &PodDir) -> Option<PodCgroup> {
+    let wants_limits = plan.pids_limit.is_some() || plan.containers.iter().any(|c| !c.limits.is_empty());
+    let cg = match PodCgroup::create(&plan.name, plan.pids_limit) {
+        Ok(cg) => cg,
+        Err(e) if wants_limits => {
+            tracing::warn!("resource limits are not applied: {}", super::error_chain(&e));
+            return None;
+        }
+        Err(e) => {
+            tracing::debug!("the pod gets no cgroup of its own: {}", super::error_chain(&e));
+            return None;
+        }
+    };
+    if wants_limits {
+        let missing: Vec<&str> = cgroup::CONTROLLERS.into_iter().filter(|c| !cg.controllers.iter().any(|x| x == c)).collect();
+        if !missing.is_empty() {
+            tracing::warn!("the {} controllers are not available in {}: those limits are not applied", missing.join(", "), cg.dir.display());
+        }
+    }
+    if let Err(e) = dir.write_cgroup(&cg) {
+        tracing::warn!("recording the pod's cgroup: {}; running without it", super::error_chain(&e));
+        let _ = cg.remove();
+        return None;
+    }
+    tracing::debug!("pod cgroup {}", cg.dir.display());
+    Some(cg)
+}
+
+fn run_pod_process(
+    dir: &PodDir,
+    opts: &LaunchOptions<'_>,
+    set: &nix::sys::signal::SigSet,
+    tty: bool,
+    cgroup: Option<&PodCgroup>,
+) -> Result<u8, LaunchError> {
     let mut args: Vec<OsString> = Vec::new();
     if opts.verbose > 0 {
         args.push(format!("-{}", "v".repeat(opts.verbose.min(3) as usize)).into());
@@ -84,6 +128,7 @@ fn run_pod_process(dir: &PodDir, opts: &LaunchOptions<'_>, set: &nix::sys::signa
         extra_namespaces: CloneFlags::CLONE_NEWPID,
         parent_death_signal: Some(Signal::SIGKILL),
         keep_fds: Vec::new(),
+        cgroup: cgroup.map(|c| c.dir.clone()),
     };
     let pid = userns::spawn(opts.mapping, Path::new("/proc/self/exe"), &args, &spawn_opts)?;
     let me = Pid::this();

@@ -11,10 +11,11 @@
 //! ```
 //!
 //! Modules: [`plan`] (the input), [`state`] (the state directory),
-//! [`launch`] (berth's side), [`podinit`] (the pod process), [`container`]
+//! [`launch`] (berth's side), [`cgroup`] (the pod's cgroup), [`podinit`] (the pod process), [`container`]
 //! (one container's spec and libcontainer calls), [`stdio`] (sidecar logs),
 //! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`), [`pty`] (`-t`).
 
+pub mod cgroup;
 pub mod cleanup;
 pub mod container;
 pub mod exec;

@@ -35,6 +35,9 @@ pub struct PodPlan {
     /// Do not echo sidecar output to berth's stderr.
     #[serde(default)]
     pub quiet_sidecars: bool,
+    /// Most tasks in the whole pod (its cgroup's pids.max).
+    #[serde(default)]
+    pub pids_limit: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -271,6 +274,7 @@ mod tests {
             extra_hosts: vec![],
             grace: Duration::from_secs(5),
             quiet_sidecars: false,
+            pids_limit: None,
         }
     }
 

@@ -99,6 +99,9 @@ struct Pod {
     stop: Option<Signal>,
     /// When a main container that got a stop signal is killed.
     kill_main_at: Option<Instant>,
+    /// The pod has a cgroup of its own (the root of its cgroup view), with
+    /// controllers for the containers' limits.
+    own_cgroup: bool,
     state_root: PathBuf,
 }
 
@@ -118,14 +121,15 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
         .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0 })
         .collect();
     let state_root = dir.containers_root();
-    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), relay: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root };
+    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), relay: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root, own_cgroup: false };
     pod.write_status(Phase::Starting, None);
     let outcome = pod.setup().and_then(|()| pod.run_containers());
     pod.teardown();
     let code = outcome.as_ref().ok().copied();
     pod.write_status(Phase::Exited, code);
     if let Some(peak) = pod.peak_memory() {
-        tracing::info!("pod {}: peak memory {} MiB (sum of the containers' peak RSS)", pod.plan.name, peak >> 20);
+        let how = if pod.own_cgroup { "the pod cgroup's memory.peak" } else { "sum of the containers' peak RSS" };
+        tracing::info!("pod {}: peak memory {} MiB ({how})", pod.plan.name, peak >> 20);
     }
     outcome
 }
@@ -145,12 +149,22 @@ impl Pod {
         let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).map_err(setup_err("mounting /proc"))?;
         // A private cgroup2 view: libcontainer then sees a pure cgroup v2
-        // host even on a hybrid one, and tolerates its EACCES there.
+        // host even on a hybrid one, and tolerates its EACCES there. Its
+        // root is the pod's own cgroup where berth made one.
         let cg = Path::new("/sys/fs/cgroup");
-        if let Err(e) = mount(Some("tmpfs"), cg, Some("tmpfs"), nosuid, Some("mode=755"))
+        let own = self.dir.read_cgroup();
+        match mount(Some("tmpfs"), cg, Some("tmpfs"), nosuid, Some("mode=755"))
             .and_then(|()| mount(Some("cgroup2"), cg, Some("cgroup2"), nosuid, None::<&str>))
         {
-            tracing::warn!("cannot mount a cgroup2 view at /sys/fs/cgroup ({e}): no resource limits");
+            Ok(()) => {
+                if let Some(own) = own {
+                    match super::cgroup::enter_leaf(cg, &own.controllers) {
+                        Ok(()) => self.own_cgroup = true,
+                        Err(e) => tracing::warn!("setting up the pod cgroup {}: {e}: no resource limits", own.dir.display()),
+                    }
+                }
+            }
+            Err(e) => tracing::warn!("cannot mount a cgroup2 view at /sys/fs/cgroup ({e}): no resource limits"),
         }
         if self.plan.network == Network::Private {
             super::net::loopback_up().map_err(|source| PodError::Setup { what: "bringing up lo", source })?;
@@ -167,10 +181,6 @@ impl Pod {
     }
 
     fn run_containers(&mut self) -> Result<u8, PodError> {
-        let cgroups = cgroups_writable();
-        if !cgroups && self.plan.containers.iter().any(|c| !c.limits.is_empty()) {
-            tracing::warn!("resource limits are not applied: no writable cgroup v2 tree with the memory, cpu and pids controllers");
-        }
         let single_id = single_gid_mapped();
         let hosts = self.dir.etc("hosts");
         let hostname = self.dir.etc("hostname");
@@ -180,7 +190,7 @@ impl Pod {
             network: self.plan.network,
             share_pid: self.plan.share_pid,
             single_id,
-            cgroups,
+            cgroups: self.own_cgroup,
             hosts: &hosts,
             hostname: &hostname,
             resolv_conf: resolv.exists().then_some(resolv.as_path()),
@@ -541,6 +551,11 @@ impl Pod {
     }
 
     fn peak_memory(&self) -> Option<u64> {
+        if self.own_cgroup {
+            if let Some(peak) = super::cgroup::read_peak(Path::new("/sys/fs/cgroup")) {
+                return Some(peak);
+            }
+        }
         let rss = |role: Role| self.members.iter().filter(move |m| m.role == role).map(|m| m.max_rss_kib);
         let inits = rss(Role::Init).max().unwrap_or(0);
         let rest: u64 = rss(Role::Sidecar).chain(rss(Role::Main)).sum();
@@ -579,15 +594,6 @@ pub fn hosts_file(plan: &PodPlan) -> String {
         s.push_str(&format!("{addr}\t{}\n", names.join(" ")));
     }
     s
-}
-
-/// True when the cgroup2 view has the controllers limits need and we may
-/// create children in it.
-fn cgroups_writable() -> bool {
-    let root = Path::new("/sys/fs/cgroup");
-    let controllers = fs::read_to_string(root.join("cgroup.controllers")).unwrap_or_default();
-    let has = |c| controllers.split_whitespace().any(|x| x == c);
-    has("memory") && has("cpu") && has("pids") && nix::unistd::access(&root.join("cgroup.subtree_control"), nix::unistd::AccessFlags::W_OK).is_ok()
 }
 
 /// True when the user namespace maps a single gid (no subordinate range).

@@ -5,6 +5,7 @@
 //!   plan.json              the PodPlan (written by berth before the pod process starts)
 //!   owner.json             berth's pid (+ start time) and the pod process's host pid
 //!   status.json            phase, containers, exit status, peak memory (pod process)
+//!   cgroup.json            the pod's own cgroup, where it has one (see `cgroup`)
 //!   logs/<container>.log   output of init containers and sidecars
 //!   etc/hosts, etc/hostname, etc/resolv.conf   bind-mounted into every container
 //!   bundles/<container>/config.json            the bundle adjusted for the pod
@@ -167,6 +168,13 @@ impl PodDir {
     pub fn read_status(&self) -> Result<Status, StateError> {
         read_json(&self.dir.join("status.json"))
     }
+    pub fn write_cgroup(&self, c: &super::cgroup::PodCgroup) -> Result<(), StateError> {
+        write_json(&self.dir.join("cgroup.json"), c)
+    }
+    /// The pod's cgroup, or None when it runs in berth's.
+    pub fn read_cgroup(&self) -> Option<super::cgroup::PodCgroup> {
+        read_json(&self.dir.join("cgroup.json")).ok()
+    }
 
     /// Marks the state as wanted after the pod ends (`--keep`): leftover
     /// cleanup passes it by.
@@ -198,6 +206,18 @@ impl PodDir {
     pub fn remove(&self) -> Result<(), StateError> {
         super::cleanup::remove_tree(&self.dir).map_err(io_at(&self.dir))
     }
+
+    /// The pod's peak memory: its cgroup's memory.peak where it has one,
+    /// else the sum of its processes' peak RSS (while it runs) or of its
+    /// containers' (recorded at their exit).
+    pub fn peak_memory(&self, live: bool) -> Option<u64> {
+        if let Some(peak) = self.read_cgroup().and_then(|c| c.peak_memory()) {
+            return Some(peak);
+        }
+        let recorded = self.read_status().ok().and_then(|s| s.peak_memory);
+        let now = if live { self.read_owner().ok().and_then(|o| live_peak_rss(Pid::from_raw(o.pod_pid))) } else { None };
+        recorded.max(now)
+    }
 }
 
 /// Every pod directory under `run_root`, sorted by name.
@@ -219,7 +239,19 @@ pub fn list(run_root: &Path) -> Vec<PodDir> {
 /// runs before every berth command.
 pub fn clean_dead(run_root: &Path) {
     for pod in list(run_root) {
-        if !pod.is_live() && !pod.is_kept() {
+        if pod.is_live() {
+            continue;
+        }
+        // Every process of the pod died with its PID 1: the cgroup is empty.
+        if let Some(cg) = pod.read_cgroup() {
+            match cg.remove() {
+                Ok(()) => {
+                    let _ = fs::remove_file(pod.dir.join("cgroup.json"));
+                }
+                Err(e) => tracing::warn!("cannot remove cgroup {} of dead pod {}: {e}", cg.dir.display(), pod.name()),
+            }
+        }
+        if !pod.is_kept() {
             tracing::info!("removing state of dead pod {}", pod.name());
             if let Err(e) = pod.remove() {
                 tracing::warn!("cannot remove state of dead pod {}: {}", pod.name(), super::error_chain(&e));
