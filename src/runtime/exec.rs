@@ -63,9 +63,12 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
     // All opened first: after joining the mount namespace, /proc is the pod's.
     let (user, mnt, cgroup, pidns) = (open("user")?, open("mnt")?, open("cgroup")?, open("pid")?);
     let shared = [(open("net")?, CloneFlags::CLONE_NEWNET), (open("ipc")?, CloneFlags::CLONE_NEWIPC), (open("uts")?, CloneFlags::CLONE_NEWUTS)];
+    let join_cgroup = enter_pod_cgroup(dir);
     crate::userns::join_fd(user).map_err(|e| ExecError::Join(std::io::Error::other(e)))?;
     setns(mnt, CloneFlags::CLONE_NEWNS).map_err(|e| join_err(e.into()))?;
-    setns(cgroup, CloneFlags::CLONE_NEWCGROUP).map_err(|e| join_err(e.into()))?;
+    if join_cgroup {
+        setns(cgroup, CloneFlags::CLONE_NEWCGROUP).map_err(|e| join_err(e.into()))?;
+    }
     setns(pidns, CloneFlags::CLONE_NEWPID).map_err(|e| join_err(e.into()))?;
     // The pod's shared namespaces, which container specs do not list (so a
     // tenant exec does not join them itself).
@@ -107,6 +110,25 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
     drop(raw);
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&set), None);
     Ok(code)
+}
+
+/// Where the pod has a cgroup of its own, moves this process into it, so
+/// that libcontainer can then move the command into its container's cgroup
+/// (its limits apply). That needs write access to a cgroup above both the
+/// caller's and the pod's, which a delegated tree gives only to processes
+/// started inside it; from elsewhere the command runs in the caller's
+/// cgroup, and then must not join the pod's cgroup namespace (whose root
+/// would not hold it). Returns whether to join that namespace.
+fn enter_pod_cgroup(dir: &PodDir) -> bool {
+    let Some(cg) = dir.read_cgroup() else { return true };
+    let procs = cg.dir.join(super::cgroup::POD_LEAF).join("cgroup.procs");
+    match std::fs::write(&procs, "0") {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::info!("the command runs outside the pod's cgroup, without its limits: {}: {e}", procs.display());
+            false
+        }
+    }
 }
 
 /// The helper's side of `exec -t`: starts `cmd` with a terminal and relays
