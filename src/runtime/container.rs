@@ -152,6 +152,18 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     for BindMount { source, destination, read_only } in &c.mounts {
         extra.push(bind(source, destination, *read_only));
     }
+    // The container's own cgroup, read-only, where it has one: runtimes
+    // like the JVM size themselves from its memory.max and cpu.max.
+    if ctx.cgroups && !mounts.iter().any(|m| m.destination() == Path::new("/sys/fs/cgroup")) {
+        extra.push(
+            MountBuilder::default()
+                .destination("/sys/fs/cgroup")
+                .typ("cgroup")
+                .source("cgroup")
+                .options(["nosuid", "noexec", "nodev", "relatime", "ro"].map(String::from).to_vec())
+                .build(),
+        );
+    }
     let extra: Vec<Mount> = extra.into_iter().collect::<Result<_, _>>().map_err(|e| invalid(c, e))?;
     mounts.retain(|m| !extra.iter().any(|e| e.destination() == m.destination()));
     mounts.extend(extra);

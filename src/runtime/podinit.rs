@@ -149,12 +149,15 @@ impl Pod {
         let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).map_err(setup_err("mounting /proc"))?;
         // A private cgroup2 view: libcontainer then sees a pure cgroup v2
-        // host even on a hybrid one, and tolerates its EACCES there. Its
-        // root is the pod's own cgroup where berth made one.
+        // host even on a hybrid one. Its root is the pod's own cgroup where
+        // berth made one. Elsewhere it is read-only: libcontainer tolerates
+        // EROFS and leaves every process where it is, rather than make
+        // cgroups or enable controllers in a cgroup that is not the pod's.
         let cg = Path::new("/sys/fs/cgroup");
         let own = self.dir.read_cgroup();
+        let view = if own.is_some() { nosuid } else { nosuid | MsFlags::MS_RDONLY };
         match mount(Some("tmpfs"), cg, Some("tmpfs"), nosuid, Some("mode=755"))
-            .and_then(|()| mount(Some("cgroup2"), cg, Some("cgroup2"), nosuid, None::<&str>))
+            .and_then(|()| mount(Some("cgroup2"), cg, Some("cgroup2"), view, None::<&str>))
         {
             Ok(()) => {
                 if let Some(own) = own {

@@ -16,9 +16,13 @@
 //! * [`Proxy`]: a TCP proxy in front of a registry that can throttle or cut
 //!   responses, for resume and truncation tests.
 //!
+//! * [`vm::Guest`]: a QEMU guest with a cgroup v2 kernel, running berth.
+//!
 //! Every test binary includes this file (`mod common;`); not every test uses
 //! every helper.
 #![allow(dead_code)]
+
+pub mod vm;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
