@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libcontainer::container::Container;
@@ -28,6 +29,7 @@ use super::plan::{Network, PodPlan, ProbeAction, Role};
 use super::signals::{self, Signals};
 use super::state::{Phase, PodDir, StateError, Status};
 use super::pty::{ConsoleSocket, Relay};
+use super::seccomp::{Filter, Filters};
 use super::stdio::LogPump;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ struct Member {
     exit: Option<u8>,
     /// Peak RSS (KiB) of the init and the descendants it waited for.
     max_rss_kib: u64,
+    /// The seccomp program its init loads (taken out of its spec).
+    seccomp: Option<Arc<Filter>>,
 }
 
 impl Member {
@@ -115,7 +119,7 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
     let members = plan
         .containers
         .iter()
-        .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0 })
+        .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0, seccomp: None })
         .collect();
     let state_root = dir.containers_root();
     let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), relay: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root };
@@ -188,14 +192,22 @@ impl Pod {
             workspace_path: &self.plan.workspace_path,
         };
         // Every bundle first: a broken one fails before anything runs.
+        // Each distinct seccomp profile is compiled once (see `seccomp`).
+        let mut filters = Filters::new(self.dir.seccomp_cache());
         let mut bundles = Vec::new();
-        for c in &self.plan.containers {
+        for (i, c) in self.plan.containers.iter().enumerate() {
             let rootfs = container::prepare_rootfs(c, &self.dir.rootfs(&c.name))?;
-            let spec = container::pod_spec(c, &rootfs, &ctx)?;
+            let mut spec = container::pod_spec(c, &rootfs, &ctx)?;
             if c.role == Role::Main {
                 container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name: c.name.clone(), path, why })?;
             }
             let b = self.dir.bundle(&c.name);
+            let invalid = |e: super::seccomp::SeccompError| ContainerError::Invalid { name: c.name.clone(), what: super::error_chain(&e) };
+            let filter = filters.take(&mut spec).map_err(invalid)?;
+            if let Some(f) = &filter {
+                super::seccomp::add_to_bundle(&b, &mut spec, f).map_err(invalid)?;
+            }
+            self.members[i].seccomp = filter;
             container::write_bundle(&b, &spec).map_err(|source| ContainerError::Io { name: c.name.clone(), source })?;
             bundles.push(b);
         }
@@ -276,7 +288,8 @@ impl Pod {
         };
         let state_root = self.state_root.clone();
         let console_path = console.as_ref().map(|c| c.path().to_path_buf());
-        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio, console_path.as_deref()))?;
+        let seccomp = self.members[i].seccomp.clone();
+        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio, console_path.as_deref(), seccomp))?;
         let pid = c.pid();
         // Recorded before start(): teardown deletes (and reaps) it either way.
         self.members[i].container = Some(c.clone());

@@ -8,10 +8,14 @@
 //!   logs/<container>.log   output of init containers and sidecars
 //!   etc/hosts, etc/hostname, etc/resolv.conf   bind-mounted into every container
 //!   bundles/<container>/config.json            the bundle adjusted for the pod
+//!   bundles/<container>/seccomp.bpf            its seccomp program (see `seccomp`)
 //!   rootfs/<container>/    overlay mount point, or the private copy (--rootfs copy)
 //!   containers/            libcontainer's state root
 //!   kept                   present when `berth run --keep` asked to keep the state
 //! ```
+//!
+//! Next to `pods/`, `<run_root>/seccomp/<key>.bpf` keeps compiled seccomp
+//! programs for later pods.
 //!
 //! A pod is live while its owner (the `berth run` process) is alive; any berth
 //! command removes the directories of dead owners, except kept ones (those
@@ -147,6 +151,11 @@ impl PodDir {
     }
     pub fn containers_root(&self) -> PathBuf {
         self.dir.join("containers")
+    }
+    /// `<run_root>/seccomp`: compiled seccomp programs shared by all pods
+    /// (see [`super::seccomp`]).
+    pub fn seccomp_cache(&self) -> Option<PathBuf> {
+        Some(self.dir.parent()?.parent()?.join("seccomp"))
     }
 
     pub fn write_plan(&self, plan: &super::PodPlan) -> Result<(), StateError> {
