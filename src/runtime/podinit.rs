@@ -148,6 +148,11 @@ impl Pod {
         // A /proc of our PID namespace: pids from waitpid are valid in it.
         let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).map_err(setup_err("mounting /proc"))?;
+        // libcontainer rewrites its state files at every step and deletes
+        // them at teardown: keep them in memory, in this mount namespace
+        // (where `berth exec` finds them too), instead of the disk.
+        mount(Some("tmpfs"), &self.state_root, Some("tmpfs"), nosuid, Some("mode=700,size=16m"))
+            .map_err(setup_err("mounting a tmpfs for the containers' state"))?;
         // A private cgroup2 view: libcontainer then sees a pure cgroup v2
         // host even on a hybrid one, and tolerates its EACCES there.
         let cg = Path::new("/sys/fs/cgroup");
@@ -319,7 +324,10 @@ impl Pod {
         self.members[i].container = Some(c);
         self.members[i].pid = pid;
         tracing::debug!("started {name} as pid {pid:?}");
-        self.write_status(Phase::Starting, None);
+        // The main container's start is recorded as Running by the caller.
+        if self.members[i].role != Role::Main {
+            self.write_status(Phase::Starting, None);
+        }
         Ok(())
     }
 
@@ -515,9 +523,10 @@ impl Pod {
     /// Stops whatever still runs (SIGTERM, SIGKILL after the grace period),
     /// reaps it, deletes the containers' state and drains the logs.
     fn teardown(&mut self) {
-        self.write_status(Phase::Stopping, None);
         let running = |p: &Pod| p.members.iter().any(Member::running);
+        // Nothing to stop: Exited follows at once.
         if running(self) {
+            self.write_status(Phase::Stopping, None);
             for m in self.members.iter().filter(|m| m.running()) {
                 if let Some(pid) = m.pid {
                     let _ = kill(pid, Signal::SIGTERM);

@@ -10,7 +10,7 @@
 //!   bundles/<container>/config.json            the bundle adjusted for the pod
 //!   bundles/<container>/seccomp.bpf            its seccomp program (see `seccomp`)
 //!   rootfs/<container>/    overlay mount point, or the private copy (--rootfs copy)
-//!   containers/            libcontainer's state root
+//!   containers/            libcontainer's state root (a tmpfs in the pod's mount namespace)
 //!   kept                   present when `berth run --keep` asked to keep the state
 //! ```
 //!
