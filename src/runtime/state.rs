@@ -155,7 +155,8 @@ impl PodDir {
     /// `<run_root>/seccomp`: compiled seccomp programs shared by all pods
     /// (see [`super::seccomp`]).
     pub fn seccomp_cache(&self) -> Option<PathBuf> {
-        Some(self.dir.parent()?.parent()?.join("seccomp"))
+        let pods = self.dir.parent().filter(|p| p.file_name() == Some("pods".as_ref()))?;
+        Some(pods.parent()?.join("seccomp"))
     }
 
     pub fn write_plan(&self, plan: &super::PodPlan) -> Result<(), StateError> {
@@ -349,5 +350,8 @@ mod tests {
         assert!(!d2.log_path("x").exists());
         assert_eq!(list(t.path()).len(), 1);
         assert!(matches!(PodDir::open(t.path(), "../p"), Err(StateError::NotFound(_))));
+        // Compiled seccomp programs are kept next to `pods/`, and only there.
+        assert_eq!(d2.seccomp_cache(), Some(t.path().join("seccomp")));
+        assert_eq!(PodDir { dir: t.path().join("elsewhere") }.seccomp_cache(), None);
     }
 }
