@@ -150,7 +150,10 @@ impl Filter {
     fn write(&self, path: &Path) -> Result<(), SeccompError> {
         static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let tmp = path.with_extension(format!("tmp.{}.{n}", std::process::id()));
+        // Every pod process is pid 1 of its own PID namespace: the time
+        // tells two of them apart (and one killed mid-write from the next).
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let tmp = path.with_extension(format!("tmp.{}.{nanos}.{n}", std::process::id()));
         let result = (|| {
             let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(&Sha256::digest(&self.bytes))?;
