@@ -129,11 +129,16 @@ impl Filter {
     /// Reads a program written by [`Filter::write`]: its sha256, then the
     /// program. None when the file is absent.
     fn read(path: &Path) -> Result<Option<Filter>, SeccompError> {
-        let data = match fs::read(path) {
-            Ok(d) => d,
+        let file = match fs::File::open(path) {
+            Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(source) => return Err(SeccompError::Io { path: path.to_path_buf(), source }),
         };
+        // At most a digest and the largest program, plus a byte to notice more.
+        let limit = 32 + INSN * libc::BPF_MAXINSNS as usize + 1;
+        let mut data = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(file, limit as u64), &mut data)
+            .map_err(|source| SeccompError::Io { path: path.to_path_buf(), source })?;
         let bad = |why: String| SeccompError::Program { path: path.to_path_buf(), why };
         if data.len() < 32 {
             return Err(bad("truncated".into()));
@@ -489,5 +494,11 @@ mod tests {
         assert!(Filter::from_bytes(vec![0; 12]).is_err());
         assert!(Filter::from_bytes(vec![0; INSN * (libc::BPF_MAXINSNS as usize + 1)]).is_err());
         assert!(Filter::from_bytes(vec![0; INSN]).is_ok());
+        // A file far larger than any program is refused without reading it all.
+        let t = tempfile::tempdir().unwrap();
+        let big = t.path().join("big.bpf");
+        fs::write(&big, vec![0u8; 1 << 20]).unwrap();
+        assert!(Filter::read(&big).is_err());
+        assert!(Filter::read(&t.path().join("absent.bpf")).unwrap().is_none());
     }
 }
