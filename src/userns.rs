@@ -157,9 +157,12 @@ impl IdMapping {
             write_proc(&proc.join("gid_map"), &IdMapping::map_text(&self.gids))?;
             return Ok(());
         }
-        run_map_tool("newuidmap", pid, &self.uids)?;
-        run_map_tool("newgidmap", pid, &self.gids)?;
-        Ok(())
+        // The two setuid helpers write different files: run them at once.
+        let uid = start_map_tool("newuidmap", pid, &self.uids)?;
+        let gid = start_map_tool("newgidmap", pid, &self.gids);
+        let uid = finish_map_tool(uid);
+        let gid = gid.and_then(finish_map_tool);
+        uid.and(gid)
     }
 }
 
@@ -174,17 +177,31 @@ fn write_proc(path: &Path, text: &str) -> Result<(), UsernsError> {
     fs::write(path, text).map_err(|source| UsernsError::Read { path: path.to_path_buf(), source })
 }
 
-fn run_map_tool(tool: &'static str, pid: Pid, ranges: &[IdRange]) -> Result<(), UsernsError> {
+/// A running newuidmap/newgidmap.
+struct MapTool {
+    tool: &'static str,
+    pid: Pid,
+    child: std::process::Child,
+}
+
+fn start_map_tool(tool: &'static str, pid: Pid, ranges: &[IdRange]) -> Result<MapTool, UsernsError> {
     let mut cmd = Command::new(tool);
     cmd.arg(pid.to_string());
     for r in ranges {
         cmd.args([r.container.to_string(), r.host.to_string(), r.count.to_string()]);
     }
-    let out = cmd.output().map_err(|e| UsernsError::Map {
+    cmd.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().map_err(|e| UsernsError::Map {
         tool,
         pid: pid.as_raw(),
         detail: format!("cannot run it ({e}); install the uidmap package"),
     })?;
+    Ok(MapTool { tool, pid, child })
+}
+
+fn finish_map_tool(t: MapTool) -> Result<(), UsernsError> {
+    let MapTool { tool, pid, child } = t;
+    let out = child.wait_with_output().map_err(|e| UsernsError::Map { tool, pid: pid.as_raw(), detail: format!("waiting for it: {e}") })?;
     if !out.status.success() {
         let msg = String::from_utf8_lossy(&out.stderr);
         return Err(UsernsError::Map {

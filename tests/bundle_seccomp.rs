@@ -27,13 +27,21 @@ fn child(profile: &str) {
     let _guard = tracing::subscriber::set_default(subscriber);
     let mut spec = oci_spec::runtime::Spec::default();
     spec.linux_mut().get_or_insert_with(Default::default).set_seccomp(Some(default_seccomp()));
-    if profile == "compat" {
+    if profile == "compat" || profile == "precompiled" {
         libcontainer_compat(&mut spec);
     }
     let json = serde_json::to_string(spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap()).unwrap();
     let seccomp: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(&json).unwrap();
+    // berth's pod runtime compiles the profile once, ahead of the container.
+    let precompiled = (profile == "precompiled")
+        .then(|| berth::runtime::seccomp::compile(spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap()).unwrap());
     nix::sys::prctl::set_no_new_privs().unwrap();
-    libcontainer::seccomp::initialize_seccomp(&seccomp).unwrap();
+    match precompiled {
+        Some(filter) => filter.load().unwrap(),
+        None => {
+            libcontainer::seccomp::initialize_seccomp(&seccomp).unwrap();
+        }
+    }
 
     let mut out = String::new();
     let mut probe = |name: &str, ret: libc::c_long| out.push_str(&format!("{name}={}\n", errno_of(ret)));
@@ -86,7 +94,18 @@ fn child_entry() {
 
 #[test]
 fn libcontainer_loads_the_default_profile_with_docker_semantics() {
-    let (stdout, stderr) = run_child("compat");
+    assert_docker_semantics("compat");
+}
+
+/// What the pod runtime loads instead: the same profile compiled by berth
+/// (`runtime::seccomp`) and loaded as a ready BPF program.
+#[test]
+fn the_precompiled_default_profile_has_docker_semantics() {
+    assert_docker_semantics("precompiled");
+}
+
+fn assert_docker_semantics(mode: &str) {
+    let (stdout, stderr) = run_child(mode);
     let eperm = libc::EPERM.to_string();
     let enosys = libc::ENOSYS.to_string();
     let expect = [

@@ -204,3 +204,40 @@ fn stdout_and_stderr_may_be_dev_null() {
     let status = cmd.status().unwrap();
     assert_eq!(status.code(), Some(5), "writes to a /dev/null stdout or stderr must not fail");
 }
+
+/// The default seccomp profile holds in an image's containers and in
+/// `berth exec`, now that berth compiles it once per pod and the container
+/// loads the ready program: a filter is installed, and user namespaces
+/// (allowed by capabilities, refused by the profile) are refused.
+#[test]
+fn seccomp_profile_holds_in_run_and_exec() {
+    let image = Image::new(vec![Layer::new(&busybox_tar_with(&["grep", "unshare"]), Comp::Gzip, false)]);
+    let s = Served::start("berth/seccomp", &image, true);
+    let probe = "grep -E '^Seccomp(_filters)?:' /proc/self/status; unshare -U true 2>/dev/null && echo unshare=allowed || echo unshare=denied";
+    let want = "Seccomp:\t2\nSeccomp_filters:\t1\nunshare=denied\n";
+    let mut main = s
+        .env
+        .berth_as_user(&["run", "--name", "sc", "--grace", "0", &s.image, "--", "sh", "-c", &format!("{probe}; exec sleep 30")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = main.stdout.take().unwrap();
+    let mut got = vec![0u8; want.len()];
+    std::io::Read::read_exact(&mut out, &mut got).unwrap();
+    assert_eq!(String::from_utf8_lossy(&got), want);
+    // Twice: each tenant process loads the bundle's program again.
+    for _ in 0..2 {
+        let ex = s.env.run_as_user(&["exec", "sc", "seccomp", "--", "sh", "-c", probe]);
+        assert_eq!(ex.code, 0, "{ex:?}");
+        assert_eq!(ex.stdout, want);
+    }
+    // A later pod reads the program its predecessor compiled.
+    let cached: Vec<_> = std::fs::read_dir(s.env.run_root.join("seccomp")).unwrap().flatten().collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    let stop = s.env.run_as_user(&["stop", "sc"]);
+    assert_eq!(stop.code, 0, "{stop:?}");
+    assert_eq!(main.wait().unwrap().code(), Some(137));
+    let run = s.env.run_as_user(&["run", &s.image, "--", "sh", "-c", probe]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, want), "{run:?}");
+}

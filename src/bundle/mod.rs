@@ -71,6 +71,17 @@ pub enum BundleError {
 /// old file or the whole new one, never a partial one. Mode 0600, since the
 /// environment may carry credentials.
 pub fn write_config(bundle_dir: &Path, spec: &Spec) -> Result<(), BundleError> {
+    write_config_file(bundle_dir, spec, true)
+}
+
+/// [`write_config`] without the fsync, for a bundle that lives only as long
+/// as the pod that reads it (its state directory): syncing it only delays
+/// the pod's start.
+pub fn write_pod_config(bundle_dir: &Path, spec: &Spec) -> Result<(), BundleError> {
+    write_config_file(bundle_dir, spec, false)
+}
+
+fn write_config_file(bundle_dir: &Path, spec: &Spec, durable: bool) -> Result<(), BundleError> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let path = bundle_dir.join("config.json");
     let tmp = bundle_dir.join(format!(
@@ -83,7 +94,9 @@ pub fn write_config(bundle_dir: &Path, spec: &Spec) -> Result<(), BundleError> {
     let result = (|| {
         let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
         f.write_all(&json)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, &path)
     })();
     if result.is_err() {

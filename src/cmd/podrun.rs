@@ -155,7 +155,7 @@ fn plan_and_launch(
         let settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty);
         let spec = bundle::runtime_spec(&image.config, &user_db_root(lowers), &settings)
             .with_context(|| format!("container {}", c.name))?;
-        bundle::write_config(&spec_dir, &spec)?;
+        bundle::write_pod_config(&spec_dir, &spec)?;
         let rootfs = match a.rootfs {
             RootfsMode::Copy => RootfsSource::Copy { layers: lowers.clone() },
             mode => {

@@ -6,6 +6,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
@@ -14,6 +15,7 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, RootBuilder, Spec};
 
 use super::plan::{BindMount, Network, PlannedContainer, RootfsSource};
+use super::seccomp::{Filter, SeccompExecutor};
 use super::stdio::ContainerStdio;
 
 #[derive(Debug, thiserror::Error)]
@@ -367,17 +369,21 @@ pub fn write_bundle(dir: &Path, spec: &Spec) -> std::io::Result<()> {
 /// waiting for `start`. `stdio` None inherits our fds 0/1/2; with
 /// `console_socket` (the spec has `process.terminal`) the init sends its
 /// pty master there instead.
+/// `seccomp` is the program of the profile taken out of the bundle's spec
+/// (see [`super::seccomp`]), loaded by the init right before it execs.
 pub fn create(
     name: &str,
     state_root: &Path,
     bundle: &Path,
     stdio: Option<ContainerStdio>,
     console_socket: Option<&Path>,
+    seccomp: Option<Arc<Filter>>,
 ) -> Result<Container, ContainerError> {
     let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
     let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux)
         .with_root_path(state_root)
         .map_err(lc)?
+        .with_executor(SeccompExecutor { filter: seccomp })
         .with_console_socket(console_socket);
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
@@ -395,7 +401,11 @@ pub fn exec(
     stdio: Option<ContainerStdio>,
 ) -> Result<Pid, ContainerError> {
     let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
-    let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?;
+    let bundle = Container::load(state_root.join(name)).map_err(lc)?.bundle().to_path_buf();
+    let config = bundle.join("config.json");
+    let spec = Spec::load(&config).map_err(|source| ContainerError::Spec { name: name.to_string(), path: config, source })?;
+    let executor = tenant_executor(name, &bundle, &spec)?;
+    let mut b = ContainerBuilder::new(name.to_string(), SyscallType::Linux).with_root_path(state_root).map_err(lc)?.with_executor(executor);
     if let Some(s) = stdio {
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
     }
@@ -424,12 +434,14 @@ pub fn exec_tty(
     let config = bundle.join("config.json");
     let spec = Spec::load(&config).map_err(|source| ContainerError::Spec { name: name.to_string(), path: config, source })?;
     let process = tty_exec_process(&spec, args).map_err(|e| ContainerError::Invalid { name: name.to_string(), what: e.to_string() })?;
+    let executor = tenant_executor(name, &bundle, &spec)?;
     let json = serde_json::to_vec(&process).map_err(|e| io_err(std::io::Error::other(e)))?;
     fs::write(process_file, json).map_err(io_err)?;
     let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
     let result = ContainerBuilder::new(name.to_string(), SyscallType::Linux)
         .with_root_path(state_root)
         .map_err(lc)?
+        .with_executor(executor)
         .with_console_socket(Some(console_socket))
         .as_tenant()
         .with_process(Some(process_file))
@@ -438,6 +450,13 @@ pub fn exec_tty(
         .map_err(lc);
     let _ = fs::remove_file(process_file);
     result
+}
+
+/// A tenant process loads the container's seccomp program, as its init did.
+fn tenant_executor(name: &str, bundle: &Path, spec: &Spec) -> Result<SeccompExecutor, ContainerError> {
+    let filter = super::seccomp::from_bundle(bundle, spec)
+        .map_err(|e| ContainerError::Invalid { name: name.to_string(), what: super::error_chain(&e) })?;
+    Ok(SeccompExecutor { filter: filter.map(Arc::new) })
 }
 
 /// The process of a terminal exec: as libcontainer builds one for

@@ -13,7 +13,8 @@
 //! Modules: [`plan`] (the input), [`state`] (the state directory),
 //! [`launch`] (berth's side), [`cgroup`] (the pod's cgroup), [`podinit`] (the pod process), [`container`]
 //! (one container's spec and libcontainer calls), [`stdio`] (sidecar logs),
-//! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`), [`pty`] (`-t`).
+//! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`), [`pty`] (`-t`),
+//! [`seccomp`] (filters compiled once, loaded by the container).
 
 pub mod cgroup;
 pub mod cleanup;
@@ -24,6 +25,7 @@ pub mod net;
 pub mod plan;
 pub mod podinit;
 pub mod pty;
+pub mod seccomp;
 pub mod signals;
 pub mod state;
 pub mod stdio;

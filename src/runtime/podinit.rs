@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libcontainer::container::Container;
@@ -28,6 +29,7 @@ use super::plan::{Network, PodPlan, ProbeAction, Role};
 use super::signals::{self, Signals};
 use super::state::{Phase, PodDir, StateError, Status};
 use super::pty::{ConsoleSocket, Relay};
+use super::seccomp::{Filter, Filters};
 use super::stdio::LogPump;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,8 @@ struct Member {
     exit: Option<u8>,
     /// Peak RSS (KiB) of the init and the descendants it waited for.
     max_rss_kib: u64,
+    /// The seccomp program its init loads (taken out of its spec).
+    seccomp: Option<Arc<Filter>>,
 }
 
 impl Member {
@@ -118,7 +122,7 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
     let members = plan
         .containers
         .iter()
-        .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0 })
+        .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0, seccomp: None })
         .collect();
     let state_root = dir.containers_root();
     let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), relay: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root, own_cgroup: false };
@@ -148,6 +152,11 @@ impl Pod {
         // A /proc of our PID namespace: pids from waitpid are valid in it.
         let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
         mount(Some("proc"), "/proc", Some("proc"), nosuid, None::<&str>).map_err(setup_err("mounting /proc"))?;
+        // libcontainer rewrites its state files at every step and deletes
+        // them at teardown: keep them in memory, in this mount namespace
+        // (where `berth exec` finds them too), instead of the disk.
+        mount(Some("tmpfs"), &self.state_root, Some("tmpfs"), nosuid, Some("mode=700,size=16m"))
+            .map_err(setup_err("mounting a tmpfs for the containers' state"))?;
         // A private cgroup2 view: libcontainer then sees a pure cgroup v2
         // host even on a hybrid one. Its root is the pod's own cgroup where
         // berth made one. Elsewhere it is read-only: libcontainer tolerates
@@ -201,14 +210,22 @@ impl Pod {
             workspace_path: &self.plan.workspace_path,
         };
         // Every bundle first: a broken one fails before anything runs.
+        // Each distinct seccomp profile is compiled once (see `seccomp`).
+        let mut filters = Filters::new(self.dir.seccomp_cache());
         let mut bundles = Vec::new();
-        for c in &self.plan.containers {
+        for (i, c) in self.plan.containers.iter().enumerate() {
             let rootfs = container::prepare_rootfs(c, &self.dir.rootfs(&c.name))?;
-            let spec = container::pod_spec(c, &rootfs, &ctx)?;
+            let mut spec = container::pod_spec(c, &rootfs, &ctx)?;
             if c.role == Role::Main {
                 container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name: c.name.clone(), path, why })?;
             }
             let b = self.dir.bundle(&c.name);
+            let invalid = |e: super::seccomp::SeccompError| ContainerError::Invalid { name: c.name.clone(), what: super::error_chain(&e) };
+            let filter = filters.take(&mut spec).map_err(invalid)?;
+            if let Some(f) = &filter {
+                super::seccomp::add_to_bundle(&b, &mut spec, f).map_err(invalid)?;
+            }
+            self.members[i].seccomp = filter;
             container::write_bundle(&b, &spec).map_err(|source| ContainerError::Io { name: c.name.clone(), source })?;
             bundles.push(b);
         }
@@ -289,7 +306,8 @@ impl Pod {
         };
         let state_root = self.state_root.clone();
         let console_path = console.as_ref().map(|c| c.path().to_path_buf());
-        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio, console_path.as_deref()))?;
+        let seccomp = self.members[i].seccomp.clone();
+        let mut c = self.signals.unblocked(|| container::create(&name, &state_root, bundle, stdio, console_path.as_deref(), seccomp))?;
         let pid = c.pid();
         // Recorded before start(): teardown deletes (and reaps) it either way.
         self.members[i].container = Some(c.clone());
@@ -319,7 +337,10 @@ impl Pod {
         self.members[i].container = Some(c);
         self.members[i].pid = pid;
         tracing::debug!("started {name} as pid {pid:?}");
-        self.write_status(Phase::Starting, None);
+        // The main container's start is recorded as Running by the caller.
+        if self.members[i].role != Role::Main {
+            self.write_status(Phase::Starting, None);
+        }
         Ok(())
     }
 
@@ -515,9 +536,10 @@ impl Pod {
     /// Stops whatever still runs (SIGTERM, SIGKILL after the grace period),
     /// reaps it, deletes the containers' state and drains the logs.
     fn teardown(&mut self) {
-        self.write_status(Phase::Stopping, None);
         let running = |p: &Pod| p.members.iter().any(Member::running);
+        // Nothing to stop: Exited follows at once.
         if running(self) {
+            self.write_status(Phase::Stopping, None);
             for m in self.members.iter().filter(|m| m.running()) {
                 if let Some(pid) = m.pid {
                     let _ = kill(pid, Signal::SIGTERM);

@@ -9,10 +9,14 @@
 //!   logs/<container>.log   output of init containers and sidecars
 //!   etc/hosts, etc/hostname, etc/resolv.conf   bind-mounted into every container
 //!   bundles/<container>/config.json            the bundle adjusted for the pod
+//!   bundles/<container>/seccomp.bpf            its seccomp program (see `seccomp`)
 //!   rootfs/<container>/    overlay mount point, or the private copy (--rootfs copy)
-//!   containers/            libcontainer's state root
+//!   containers/            libcontainer's state root (a tmpfs in the pod's mount namespace)
 //!   kept                   present when `berth run --keep` asked to keep the state
 //! ```
+//!
+//! Next to `pods/`, `<run_root>/seccomp/<key>.bpf` keeps compiled seccomp
+//! programs for later pods.
 //!
 //! A pod is live while its owner (the `berth run` process) is alive; any berth
 //! command removes the directories of dead owners, except kept ones (those
@@ -148,6 +152,12 @@ impl PodDir {
     }
     pub fn containers_root(&self) -> PathBuf {
         self.dir.join("containers")
+    }
+    /// `<run_root>/seccomp`: compiled seccomp programs shared by all pods
+    /// (see [`super::seccomp`]).
+    pub fn seccomp_cache(&self) -> Option<PathBuf> {
+        let pods = self.dir.parent().filter(|p| p.file_name() == Some("pods".as_ref()))?;
+        Some(pods.parent()?.join("seccomp"))
     }
 
     pub fn write_plan(&self, plan: &super::PodPlan) -> Result<(), StateError> {
@@ -372,5 +382,8 @@ mod tests {
         assert!(!d2.log_path("x").exists());
         assert_eq!(list(t.path()).len(), 1);
         assert!(matches!(PodDir::open(t.path(), "../p"), Err(StateError::NotFound(_))));
+        // Compiled seccomp programs are kept next to `pods/`, and only there.
+        assert_eq!(d2.seccomp_cache(), Some(t.path().join("seccomp")));
+        assert_eq!(PodDir { dir: t.path().join("elsewhere") }.seccomp_cache(), None);
     }
 }
