@@ -76,7 +76,7 @@ pub enum Command {
     /// Write an OCI runtime bundle (rootfs/ and config.json) for an image.
     Bundle(cmd::bundle::BundleArgs),
     /// Run a pod: from a Kubernetes Pod file (--pod) or an image and sidecars.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// List running pods.
     Ps(cmd::pods::PsArgs),
     /// Run a command in a running container of a pod.
@@ -130,7 +130,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Rmi(a) => cmd::images::rmi(g, a),
         Command::Gc(a) => cmd::images::gc(g, a),
         Command::Bundle(a) => cmd::bundle::run(g, a),
-        Command::Run(a) => cmd::run::run(g, a),
+        Command::Run(a) => cmd::run::run(g, *a),
         Command::Ps(a) => cmd::pods::ps(g, a),
         Command::Exec(a) => cmd::pods::exec(g, a),
         Command::Logs(a) => cmd::pods::logs(g, a),
