@@ -323,12 +323,19 @@ fn runtime_two_pods_at_once() {
     assert!(oa.status.success() && ob.status.success());
     assert_eq!(String::from_utf8_lossy(&oa.stdout), "pod-a\n1\n");
     assert_eq!(String::from_utf8_lossy(&ob.stdout), "pod-b\n1\n");
-    // A name in use is refused while its pod runs.
-    let mut long = start("pod-c");
-    std::thread::sleep(Duration::from_millis(200));
+    // A name in use is refused while its pod runs (until its stdin closes).
+    let mut long = env
+        .berth(&["run", "--name", "pod-c", "--bundle", b.to_str().unwrap(), "--", "sh", "-c", "echo ready; read x; true"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = [0u8; 6];
+    long.stdout.take().unwrap().read_exact(&mut ready).unwrap();
     let dup = env.berth(&["run", "--name", "pod-c", "--bundle", b.to_str().unwrap(), "--", "true"]).output().unwrap();
     assert_eq!(dup.status.code(), Some(125));
     assert!(String::from_utf8_lossy(&dup.stderr).contains("already running"));
+    drop(long.stdin.take());
     assert!(long.wait().unwrap().success());
 }
 
