@@ -241,3 +241,18 @@ fn seccomp_profile_holds_in_run_and_exec() {
     let run = s.env.run_as_user(&["run", &s.image, "--", "sh", "-c", probe]);
     assert_eq!((run.code, run.stdout.as_str()), (0, want), "{run:?}");
 }
+
+/// Run as real root, berth still puts the pod in a user namespace of its
+/// own: container root is not the host's (root has no subordinate range
+/// here, so only id 0 is mapped, with a warning).
+#[test]
+fn real_root_still_gets_a_user_namespace() {
+    let s = setup();
+    let env = Env::new(); // owned by root, unlike the test user's
+    let run = env.run(&["run", "--tls-verify=false", &s.image, "--", "sh", "-c", "cat /proc/self/uid_map; echo 1 > /proc/sys/kernel/printk 2>/dev/null && echo wrote || echo refused"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines: Vec<Vec<&str>> = run.stdout.lines().map(|l| l.split_whitespace().collect()).collect();
+    assert_eq!(lines.len(), 2, "{run:?}");
+    assert_eq!(lines[0], ["0", "0", "1"], "only the caller's own id, not the host's whole range");
+    assert_eq!(lines[1], ["refused"], "host sysctls stay out of reach");
+}
