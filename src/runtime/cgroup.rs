@@ -121,7 +121,14 @@ impl PodCgroup {
     /// Removes the pod's cgroup and those below it. Every process in them
     /// must have exited.
     pub fn remove(&self) -> io::Result<()> {
-        remove_tree(&self.dir)
+        // The path comes from a file in the state directory: never act on
+        // anything but a cgroup.
+        match nix::sys::statfs::statfs(&self.dir) {
+            Ok(s) if s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => remove_tree(&self.dir),
+            Ok(_) => Err(io::Error::other(format!("{} is not a cgroup", self.dir.display()))),
+            Err(nix::errno::Errno::ENOENT) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -235,6 +242,18 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let e = PodCgroup::create_under(d.path(), "p", None).unwrap_err();
         assert!(matches!(e, Unavailable::Io { ref path, .. } if path.ends_with("cgroup.controllers")), "{e:?}");
+    }
+
+    #[test]
+    fn remove_refuses_what_is_not_a_cgroup() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.pod");
+        fs::create_dir(&p).unwrap();
+        let cg = PodCgroup { dir: p.clone(), controllers: vec![] };
+        assert!(cg.remove().is_err());
+        assert!(p.exists());
+        fs::remove_dir(&p).unwrap();
+        cg.remove().unwrap();
     }
 
     #[test]
