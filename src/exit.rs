@@ -21,6 +21,27 @@ pub fn from_wait(status: nix::sys::wait::WaitStatus) -> Option<u8> {
     }
 }
 
+/// One line on stderr: `berth: outer context: inner cause`. Never panics,
+/// even with stderr closed: a lost report must not kill work in progress.
+pub fn report(err: &(dyn std::error::Error + 'static)) {
+    use std::io::Write as _;
+    let line = format!("berth: {}\n", chain(err));
+    let _ = std::io::stderr().write_all(line.as_bytes());
+}
+
+/// An error and its causes on one line (`a: b: c`), the way `anyhow`'s
+/// `{:#}` prints them.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,35 +5,37 @@
 //! the next:
 //!
 //! ```text
-//! reference → registry → store → unpack/layers → bundle → pod → runtime (→ vm)
+//! image → config → registry → store → fetch → unpack → provision
+//!       → bundle → pod → planner → runtime (→ vm)
 //! ```
 //!
-//! The binary (`src/main.rs`) is a thin CLI over this library; `cmd` holds one
-//! file per subcommand that wires the stages together.
+//! The binary (`src/main.rs`, `src/cli/`) is a thin CLI over this library: its
+//! commands build plain settings structs from the arguments and call in here;
+//! nothing in the library knows the command line.
 
-pub mod paths;
 pub mod exit;
-pub mod digest;
-pub mod media;
+pub mod paths;
+pub mod reexec;
+pub mod userns;
 
-// Stage 1: pull.
-pub mod reference;
+// Stage 1: images into the store.
+pub mod image;
 pub mod config;
 pub mod registry;
 pub mod store;
-pub mod archive;
-pub mod pull;
-pub mod progress;
+pub mod fetch;
 
-// Stage 2: unpack into bundles.
+// Stage 2: layers unpacked into the cache, images ready for a pod.
 pub mod unpack;
-pub mod layers;
+pub mod provision;
 pub mod bundle;
 
-// Stage 3: run a pod.
-pub mod userns;
+// Stage 3: a pod, its plan, and the runtime that runs it.
 pub mod pod;
+pub mod planner;
 pub mod runtime;
 
-pub mod cli;
-pub mod cmd;
+// Old crate-root paths, kept while the tree is regrouped.
+pub use fetch::{archive, progress, pull};
+pub use image::{digest, media, reference};
+pub use unpack::cache as layers;

@@ -1,8 +1,9 @@
-//! The `berth` binary: parse the command line, set up logging on stderr, run,
-//! and turn the outcome into an exit status.
+//! The `berth` binary: a thin CLI over the library (see `cli`).
 
 use std::process::ExitCode;
 
+mod cli;
+
 fn main() -> ExitCode {
-    berth::cli::main()
+    cli::main()
 }

@@ -100,7 +100,7 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
                     .and_then(|pid| Ok(wait_forwarding(pid, &set, false)?))
             };
             let code = code.unwrap_or_else(|e| {
-                crate::cli::report(&anyhow::Error::new(e));
+                crate::exit::report(&e);
                 crate::exit::PROVISION
             });
             std::process::exit(code.into());

@@ -15,9 +15,12 @@
 //! - `apply`: creates inodes in-root (files, dirs, links, nodes) and sets metadata;
 //! - `whiteout`: `.wh.` entries in the two modes (flatten, overlay);
 //! - `xattr`: which extended attributes are written, and how;
-//! - `ids`: the ownership policy.
+//! - `ids`: the ownership policy;
+//! - [`cache`]: the unpacked-layer cache (one directory per layer and id
+//!   mapping), parallel unpack, flattening for standalone bundles.
 
 pub(crate) mod apply;
+pub mod cache;
 pub mod decompress;
 mod ids;
 pub(crate) mod name;

@@ -1,18 +1,19 @@
-//! What `berth run` and `berth bundle` share: images into the store (pulling
-//! what is missing) and their layers into the unpacked-layer cache.
+//! Images into the store and their layers into the unpacked-layer cache:
+//! what every way of running an image (`run`, `bundle`, the agent) needs
+//! before a bundle can be written.
 //!
-//! Layers are unpacked by a re-executed berth (`__internal unpack`) inside a
+//! Layers are unpacked by a re-executed berth ([`Entry::Unpack`]) inside a
 //! user namespace with exactly the mapping the pod will use, so a file owned
 //! by uid 1000 in the image is owned by the mapped id on disk.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
-use crate::cli::Global;
 use crate::config::Registries;
+use crate::paths::Paths;
+use crate::reexec::Entry;
 use crate::digest::Digest;
 use crate::layers::{self, LayerCache, LayerSource};
 use crate::progress::{Mode, Progress};
@@ -23,7 +24,7 @@ use crate::unpack::IdPolicy;
 use crate::userns::{self, IdMapping};
 
 /// How images are found or fetched.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Fetch {
     pub platform: Option<String>,
     pub tls_verify: bool,
@@ -44,14 +45,15 @@ pub struct Provision {
 impl Provision {
     /// Opens the store and the layer cache for the invoking user's mapping.
     /// `squash_ids` maps every owner to the user even where a range exists.
-    pub fn open(g: &Global, squash_ids: bool) -> anyhow::Result<Provision> {
-        let root = g.paths().root;
+    /// `verbose` is the `-v` count the unpacking process logs at.
+    pub fn open(paths: &Paths, squash_ids: bool, verbose: u8) -> anyhow::Result<Provision> {
+        let root = paths.root.clone();
         let store = Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))?;
         let mapping = IdMapping::for_current_user()?;
         let ids = ids_policy(&mapping, squash_ids);
         let key = cache_key(&mapping, ids);
         let cache = LayerCache::open(&root, &key, ids)?;
-        Ok(Provision { store, mapping, cache, root, key, ids, verbose: g.verbose })
+        Ok(Provision { store, mapping, cache, root, key, ids, verbose })
     }
 
     /// Each image, from the store if it is there, else pulled (one async
@@ -75,7 +77,7 @@ impl Provision {
             let platform = fetch.platform.as_deref().map(Platform::parse).transpose()?;
             let opts = PullOptions { platform, tls_verify: fetch.tls_verify, ..PullOptions::default() };
             let progress = Progress::new(Mode::detect(fetch.quiet));
-            let rt = super::pull::runtime()?;
+            let rt = crate::pull::runtime().context("cannot start the async runtime")?;
             for (i, parsed) in missing {
                 let record = rt
                     .block_on(pull::pull(&self.store, &parsed, &opts, &progress))
@@ -121,6 +123,7 @@ impl Provision {
 
     fn job(&self, image: &Image, flatten_to: Option<PathBuf>) -> UnpackJob {
         UnpackJob {
+            root: self.root.clone(),
             key: self.key.clone(),
             keep: match self.ids {
                 IdPolicy::Keep { max_uid, max_gid } => Some((max_uid, max_gid)),
@@ -145,24 +148,19 @@ impl Provision {
                 keep.extend(image.layers.into_iter().map(|l| l.diff_id));
             }
         }
-        let job = UnpackJob { key: self.key.clone(), keep: None, layers: Vec::new(), flatten_to: None, gc_keep: Some(keep) };
+        let job = UnpackJob { root: self.root.clone(), key: self.key.clone(), keep: None, layers: Vec::new(), flatten_to: None, gc_keep: Some(keep) };
         self.unpack_in_namespace(&job).context("removing unused layers")
     }
 
     fn unpack_in_namespace(&self, job: &UnpackJob) -> anyhow::Result<()> {
         let tmp = self.cache.dir().join(format!(".job-{}.json", std::process::id()));
         std::fs::write(&tmp, serde_json::to_vec(job)?).with_context(|| format!("writing {}", tmp.display()))?;
-        let mut args: Vec<OsString> = Vec::new();
-        if self.verbose > 0 {
-            args.push(format!("-{}", "v".repeat(self.verbose.min(3) as usize)).into());
-        }
-        args.extend(["--root".into(), self.root.clone().into_os_string()]);
-        args.extend(["__internal".into(), "unpack".into(), tmp.clone().into_os_string()]);
         let opts = userns::SpawnOptions {
             parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
             ..Default::default()
         };
-        let result = userns::spawn(&self.mapping, Path::new("/proc/self/exe"), &args, &opts)
+        let result = Entry::Unpack { job: tmp.clone() }
+            .spawn(&self.mapping, self.verbose, &opts)
             .map_err(anyhow::Error::new)
             .and_then(|pid| loop {
                 match nix::sys::wait::waitpid(pid, None) {
@@ -184,6 +182,8 @@ impl Provision {
 /// What the unpacking process is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct UnpackJob {
+    /// The store whose layer cache is written.
+    pub root: PathBuf,
     pub key: String,
     /// `(max_uid, max_gid)` to keep the image's owners; `None` squashes them.
     pub keep: Option<(u32, u32)>,
@@ -203,10 +203,10 @@ pub struct JobLayer {
     pub diff_id: Digest,
 }
 
-/// `__internal unpack JOB`: runs inside the user namespace.
-pub fn unpack_job(g: &Global, job_file: &Path) -> anyhow::Result<u8> {
+/// [`Entry::Unpack`]: runs inside the user namespace.
+pub fn unpack_job(job_file: &Path) -> anyhow::Result<()> {
     let job: UnpackJob = serde_json::from_slice(&std::fs::read(job_file)?)?;
-    let root = g.paths().root;
+    let root = job.root;
     let ids = match job.keep {
         Some((max_uid, max_gid)) => IdPolicy::Keep { max_uid, max_gid },
         None => IdPolicy::Squash,
@@ -222,7 +222,7 @@ pub fn unpack_job(g: &Global, job_file: &Path) -> anyhow::Result<u8> {
             }
         }
         eprintln!("removed {removed} unpacked layers");
-        return Ok(0);
+        return Ok(());
     }
     let cache = LayerCache::open(&root, &job.key, ids)?;
     let sources: Vec<LayerSource> = job
@@ -234,7 +234,7 @@ pub fn unpack_job(g: &Global, job_file: &Path) -> anyhow::Result<u8> {
     if let Some(dest) = job.flatten_to {
         cache.flatten(&dirs, &dest)?;
     }
-    Ok(0)
+    Ok(())
 }
 
 fn ids_policy(mapping: &IdMapping, squash: bool) -> IdPolicy {

@@ -5,9 +5,9 @@ use std::io::{Read, Write};
 use anyhow::Context;
 use clap::Args;
 
-use crate::runtime::{self, state, PodDir, Role};
+use berth::runtime::{self, state, PodDir, Role};
 
-use crate::cli::Global;
+use super::Global;
 
 #[derive(Debug, Args)]
 pub struct PsArgs {

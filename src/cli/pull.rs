@@ -3,11 +3,11 @@
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::cli::Global;
-use crate::progress::{Mode, Progress};
-use crate::pull::{self, PullOptions};
-use crate::reference;
-use crate::store::{Platform, Store};
+use super::Global;
+use berth::progress::{Mode, Progress};
+use berth::pull::{self, PullOptions};
+use berth::reference;
+use berth::store::{Platform, Store};
 
 #[derive(Debug, Args)]
 pub struct PullArgs {
@@ -43,11 +43,7 @@ pub fn open_store(g: &Global) -> anyhow::Result<Store> {
     Store::open(&root).with_context(|| format!("cannot open the store at {}", root.display()))
 }
 
-/// The runtime a pull runs on: downloads and hashing use both cores.
+/// The runtime a pull runs on.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
+    pull::runtime().context("cannot start the async runtime")
 }

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::Args;
 
-use super::provision::{Fetch, Provision};
-use crate::bundle::{self, ContainerSettings, UserSpec};
-use crate::cli::Global;
+use berth::provision::{Fetch, Provision};
+use berth::bundle::{self, ContainerSettings, UserSpec};
+use super::Global;
 
 #[derive(Debug, Args)]
 pub struct BundleArgs {
@@ -55,7 +55,7 @@ pub fn run(g: &Global, a: BundleArgs) -> anyhow::Result<u8> {
     let result = write(g, &a, &dir);
     if result.is_err() {
         // Nothing partial: remove what this run wrote.
-        let cleanup = if created { crate::runtime::cleanup::remove_tree(&dir) } else { empty_dir(&dir) };
+        let cleanup = if created { berth::runtime::cleanup::remove_tree(&dir) } else { empty_dir(&dir) };
         if let Err(e) = cleanup {
             tracing::warn!("cleaning up {}: {e}", dir.display());
         }
@@ -64,7 +64,7 @@ pub fn run(g: &Global, a: BundleArgs) -> anyhow::Result<u8> {
 }
 
 fn write(g: &Global, a: &BundleArgs, dir: &Path) -> anyhow::Result<()> {
-    let prov = Provision::open(g, a.squash_ids)?;
+    let prov = Provision::open(&g.paths(), a.squash_ids, g.verbose)?;
     let fetch = Fetch { platform: a.platform.clone(), tls_verify: a.tls_verify, quiet: false };
     let image = prov.images(std::slice::from_ref(&a.image), &fetch)?.remove(0);
 
@@ -98,11 +98,11 @@ fn write(g: &Global, a: &BundleArgs, dir: &Path) -> anyhow::Result<()> {
 
 /// A standalone bundle makes its own user namespace when run rootless,
 /// with the mapping its files were written for; as root, no namespace.
-fn id_mapping(m: &crate::userns::IdMapping) -> bundle::IdMapping {
+fn id_mapping(m: &berth::userns::IdMapping) -> bundle::IdMapping {
     if nix::unistd::Uid::current().is_root() && !m.is_full() {
         return bundle::IdMapping::Inherited;
     }
-    let conv = |rs: &[crate::userns::IdRange]| rs.iter().map(|r| bundle::id_map(r.container, r.host, r.count)).collect();
+    let conv = |rs: &[berth::userns::IdRange]| rs.iter().map(|r| bundle::id_map(r.container, r.host, r.count)).collect();
     bundle::IdMapping::Private { uid: conv(&m.uids), gid: conv(&m.gids) }
 }
 
@@ -135,7 +135,7 @@ fn claim_dir(dir: &Path) -> anyhow::Result<bool> {
 
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
-        crate::runtime::cleanup::remove_tree(&e?.path())?;
+        berth::runtime::cleanup::remove_tree(&e?.path())?;
     }
     Ok(())
 }

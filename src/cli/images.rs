@@ -5,11 +5,11 @@ use std::io::Write;
 use anyhow::Context as _;
 use clap::Args;
 
-use crate::cli::Global;
-use crate::cmd::pull::open_store;
-use crate::progress::human;
-use crate::reference::{self, ImageRef};
-use crate::store::{ImageRecord, Store, StoreError};
+use super::Global;
+use super::pull::open_store;
+use berth::progress::human;
+use berth::reference::{self, ImageRef};
+use berth::store::{ImageRecord, Store, StoreError};
 
 #[derive(Debug, Args)]
 pub struct ImagesArgs {
@@ -104,7 +104,7 @@ pub fn gc(g: &Global, _a: GcArgs) -> anyhow::Result<u8> {
         human(report.bytes_freed)
     );
     drop(store);
-    super::provision::Provision::open(g, false)?.gc_layers()?;
+    berth::provision::Provision::open(&g.paths(), false, g.verbose)?.gc_layers()?;
     Ok(0)
 }
 

@@ -389,3 +389,13 @@ impl From<StoreError> for BlobError {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, PullError> + Send + 'static) -> Result<T, PullError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| PullError::Task(e.to_string()))?
 }
+
+/// The async runtime a pull runs on: downloads and hashing use up to four
+/// cores. Drop it before creating namespaces (they need one thread).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4)))
+        .enable_all()
+        .build()
+}
+

@@ -1,10 +1,18 @@
 //! `berth run`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
+use anyhow::Context as _;
 use clap::Args;
 
-use crate::cli::Global;
+use berth::planner::{self, BundleContainer, BundlePod, PodOverrides, RootfsMode, RunSettings};
+use berth::pod::{self, shorthand::ShorthandArgs};
+use berth::provision::Fetch;
+use berth::runtime::{self, Role};
+
+use super::Global;
 
 /// Shown by `berth run --help`.
 const RUN_EXAMPLES: &str = "\
@@ -61,9 +69,10 @@ pub struct RunArgs {
     /// Keep the workspace and state after the pod ends.
     #[arg(long)]
     pub keep: bool,
-    /// `private` (loopback only) or `host`.
-    #[arg(long, default_value = "private")]
-    pub network: String,
+    /// The pod's network: `private` (its own namespace, loopback only) or
+    /// `host` [default: the pod file's hostNetwork, else private].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub network: Option<pod::Network>,
     /// Memory limit of the main container, a Kubernetes quantity (512Mi,
     /// 2Gi) [default: the pod file's resources.limits.memory].
     #[arg(long, value_name = "QUANTITY", value_parser = parse_memory)]
@@ -85,7 +94,7 @@ pub struct RunArgs {
     /// How each container gets its root filesystem: `overlay` (an overlay
     /// mount over the layer cache), `copy` (a private copy of the layers:
     /// slower, for where overlay is not allowed) or `auto` (overlay, else copy).
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = RootfsMode::Auto)]
+    #[arg(long, value_enum, value_name = "MODE", default_value_t)]
     pub rootfs: RootfsMode,
     /// Platform to pull [default: the host's].
     #[arg(long, value_name = "OS/ARCH[/VARIANT]")]
@@ -116,150 +125,113 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// `--rootfs`: in the spirit of podman's storage driver choice (overlay or vfs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum RootfsMode {
-    Auto,
-    Overlay,
-    Copy,
-}
-
 fn parse_memory(s: &str) -> Result<u64, String> {
-    match crate::pod::quantity::bytes(s) {
+    match berth::pod::quantity::bytes(s) {
         Ok(0) => Err("must be more than 0".into()),
         r => r.map_err(|e| e.to_string()),
     }
 }
 
 fn parse_cpus(s: &str) -> Result<u64, String> {
-    match crate::pod::quantity::millis(s) {
+    match berth::pod::quantity::millis(s) {
         Ok(0) => Err("must be more than 0".into()),
         r => r.map_err(|e| e.to_string()),
     }
 }
 
-/// Seconds between SIGTERM and SIGKILL when neither `--grace` nor the pod
-/// file says.
-pub const DEFAULT_GRACE: u64 = 5;
-
 pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
-    if let Some(bundle) = a.bundle.clone() {
-        return run_bundles(g, &a, bundle);
+    let paths = g.paths();
+    let settings = RunSettings {
+        workspace: a.workspace.clone(),
+        workspace_path: a.workspace_path.clone(),
+        keep: a.keep,
+        rootfs: a.rootfs,
+        grace: a.grace.map(Duration::from_secs),
+        quiet_sidecars: a.quiet_sidecars,
+        pids_limit: a.pids_limit,
+        fetch: Fetch { platform: a.platform.clone(), tls_verify: a.tls_verify, quiet: false },
+        verbose: g.verbose,
+    };
+    if let Some(main) = &a.bundle {
+        return planner::run_bundles(&paths, &bundle_pod(&a, main)?, &settings);
     }
-    let pod = super::podrun::pod_from_args(&a)?;
-    super::podrun::run_pod(g, &a, pod)
+    let overrides = PodOverrides {
+        name: a.name.clone(),
+        main: a.main.clone(),
+        network: a.network,
+        memory_bytes: a.memory,
+        cpu_millis: a.cpus,
+        env: a.env.clone(),
+        workdir: a.workdir.clone(),
+    };
+    let pod = match &a.pod {
+        Some(file) => planner::pod_from_file(file, &overrides)?,
+        None => {
+            let shorthand = ShorthandArgs {
+                image: a.image.clone().context("an IMAGE or --pod FILE is needed")?,
+                command: a.command.clone(),
+                name: a.name.clone(),
+                main: a.main.clone(),
+                sidecars: a.sidecar.clone(),
+                sidecar_cmds: a.sidecar_cmd.clone(),
+                env: a.env.clone(),
+                workdir: a.workdir.clone(),
+                tty: a.tty,
+                network: a.network.unwrap_or_default(),
+            };
+            planner::pod_from_image(&shorthand, &overrides)?
+        }
+    };
+    planner::run_pod(&paths, &pod, &settings)
 }
 
-/// `--bundle`: a pod of ready bundles, no image store involved.
-fn run_bundles(g: &Global, a: &RunArgs, main_bundle: PathBuf) -> anyhow::Result<u8> {
-    use anyhow::Context;
-    use crate::runtime::{self, PlannedContainer, PodPlan, Role, RootfsSource};
-
-    let paths = g.paths();
-    crate::paths::Paths::ensure_private_dir(&paths.run_root)
-        .with_context(|| format!("creating {}", paths.run_root.display()))?;
-
-    let mut sidecar_cmds = std::collections::HashMap::new();
+/// `--bundle DIR` and its companions: a pod of ready bundles.
+fn bundle_pod(a: &RunArgs, main: &std::path::Path) -> anyhow::Result<BundlePod> {
+    let pair = |flag: &str, s: &str, what: &str| -> anyhow::Result<(String, String)> {
+        let (k, v) = s.split_once('=').with_context(|| format!("{flag} {s:?}: expected {what}"))?;
+        Ok((k.to_string(), v.to_string()))
+    };
+    let mut sidecar_cmds = HashMap::new();
     for s in &a.sidecar_cmd {
-        let (name, cmd) = s.split_once('=').with_context(|| format!("--sidecar-cmd {s:?}: expected NAME=CMD"))?;
-        sidecar_cmds.insert(name.to_string(), cmd.split_whitespace().map(String::from).collect::<Vec<_>>());
+        let (name, cmd) = pair("--sidecar-cmd", s, "NAME=CMD")?;
+        sidecar_cmds.insert(name, cmd.split_whitespace().map(String::from).collect::<Vec<_>>());
     }
-    let container = |name: &str, role, bundle: PathBuf, command: Option<Vec<String>>| PlannedContainer {
-        name: name.to_string(),
+    let container = |name: String, role, bundle: PathBuf, command| BundleContainer {
+        name,
         role,
-        bundle: std::path::absolute(&bundle).unwrap_or(bundle),
-        rootfs: RootfsSource::Bundle,
+        bundle,
         command,
-        readiness: None,
-        limits: runtime::Limits { memory_bytes: a.memory.filter(|_| role == Role::Main), cpu_millis: a.cpus.filter(|_| role == Role::Main), pids: None },
-        mounts: Vec::new(),
+        ready_port: None,
+        limits: runtime::Limits {
+            memory_bytes: a.memory.filter(|_| role == Role::Main),
+            cpu_millis: a.cpus.filter(|_| role == Role::Main),
+            pids: None,
+        },
         tty: role == Role::Main && a.tty,
     };
     let mut containers = Vec::new();
     for s in &a.init_bundle {
-        let (name, dir) = s.split_once('=').with_context(|| format!("--init-bundle {s:?}: expected NAME=DIR"))?;
+        let (name, dir) = pair("--init-bundle", s, "NAME=DIR")?;
         containers.push(container(name, Role::Init, dir.into(), None));
     }
     for s in &a.sidecar_bundle {
-        let (name, dir) = s.split_once('=').with_context(|| format!("--sidecar-bundle {s:?}: expected NAME=DIR"))?;
-        containers.push(container(name, Role::Sidecar, dir.into(), sidecar_cmds.remove(name)));
+        let (name, dir) = pair("--sidecar-bundle", s, "NAME=DIR")?;
+        let cmd = sidecar_cmds.remove(&name);
+        containers.push(container(name, Role::Sidecar, dir.into(), cmd));
     }
     if let Some(name) = sidecar_cmds.keys().next() {
         anyhow::bail!("--sidecar-cmd names {name:?}, which is no sidecar");
     }
     for s in &a.sidecar_ready {
-        let (name, port) = s.split_once('=').with_context(|| format!("--sidecar-ready {s:?}: expected NAME=PORT"))?;
+        let (name, port) = pair("--sidecar-ready", s, "NAME=PORT")?;
         let port: u16 = port.parse().with_context(|| format!("--sidecar-ready {s:?}: bad port"))?;
         let c = containers
             .iter_mut()
             .find(|c| c.name == name && c.role == Role::Sidecar)
             .with_context(|| format!("--sidecar-ready names {name:?}, which is no sidecar"))?;
-        c.readiness = Some(runtime::Probe {
-            action: runtime::ProbeAction::Tcp(port),
-            initial_delay: std::time::Duration::ZERO,
-            period: std::time::Duration::from_millis(100),
-            timeout: std::time::Duration::from_secs(1),
-            failure_threshold: 100,
-        });
+        c.ready_port = Some(port);
     }
     let command = (!a.command.is_empty()).then(|| a.command.clone());
-    containers.push(container("main", Role::Main, main_bundle, command));
-
-    let network = match a.network.as_str() {
-        "private" => runtime::Network::Private,
-        "host" => runtime::Network::Host,
-        other => anyhow::bail!("--network {other:?}: expected private or host"),
-    };
-    let mapping = crate::userns::IdMapping::for_current_user()?;
-    let (name, dir) = create_pod_dir(&paths.run_root, a.name.as_deref())?;
-    let (workspace, own_workspace) = match &a.workspace {
-        Some(w) => (std::path::absolute(w).unwrap_or(w.clone()), false),
-        None => {
-            let w = paths.run_root.join("workspaces").join(&name);
-            std::fs::create_dir_all(&w).with_context(|| format!("creating workspace {}", w.display()))?;
-            (w, true)
-        }
-    };
-    let plan = PodPlan {
-        name,
-        containers,
-        workspace: workspace.clone(),
-        workspace_path: a.workspace_path.clone(),
-        network,
-        share_pid: false,
-        extra_hosts: Vec::new(),
-        grace: std::time::Duration::from_secs(a.grace.unwrap_or(DEFAULT_GRACE)),
-        quiet_sidecars: a.quiet_sidecars,
-        pids_limit: a.pids_limit,
-    };
-    let opts = runtime::LaunchOptions { mapping: &mapping, verbose: g.verbose, keep_state: a.keep };
-    let result = runtime::launch(&plan, &dir, &opts);
-    if result.is_err() && !a.keep {
-        let _ = dir.remove();
-    }
-    if own_workspace && !a.keep {
-        if let Err(e) = runtime::cleanup::remove_tree(&workspace) {
-            tracing::warn!("removing workspace {}: {e}", workspace.display());
-        }
-    }
-    Ok(result?)
-}
-
-/// The pod's state directory: `--name`, or a generated name.
-fn create_pod_dir(run_root: &std::path::Path, name: Option<&str>) -> anyhow::Result<(String, crate::runtime::PodDir)> {
-    use crate::runtime::{plan::check_label, PodDir};
-    if let Some(n) = name {
-        check_label(n)?;
-        return Ok((n.to_string(), PodDir::create(run_root, n)?));
-    }
-    let mut last = None;
-    for i in 0..16u64 {
-        let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
-        let n = format!("berth-{:06x}", (u64::from(std::process::id()) * 7919 + t + i * 104729) & 0xff_ffff);
-        match PodDir::create(run_root, &n) {
-            Ok(d) => return Ok((n, d)),
-            Err(e) => last = Some(e),
-        }
-    }
-    Err(last.map(anyhow::Error::new).unwrap_or_else(|| anyhow::anyhow!("cannot name the pod")))
+    containers.push(container("main".into(), Role::Main, main.to_path_buf(), command));
+    Ok(BundlePod { name: a.name.clone(), network: a.network.unwrap_or_default(), containers })
 }

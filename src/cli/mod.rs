@@ -1,6 +1,8 @@
 //! The command line: argument definitions, logging set-up and exit statuses.
 //!
-//! Every subcommand lives in `cmd/` and returns the exit status it wants;
+//! This is the binary's side only (the library never sees clap types):
+//! every subcommand lives in a file of its own here, builds the library's
+//! plain settings from its arguments, and returns the exit status it wants;
 //! an error from any of them is a provisioning failure (exit 125) reported as
 //! one line on stderr. Nothing here writes to stdout: it belongs to the
 //! container (only listing commands such as `berth images` print there).
@@ -10,9 +12,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cmd;
-use crate::exit;
-use crate::paths::Paths;
+use berth::exit;
+use berth::paths::Paths;
+use berth::reexec::Entry;
+
+mod bundle;
+mod images;
+mod pods;
+mod pull;
+mod run;
 
 /// Run a CI build inside a pod of OCI containers: rootless, daemon-less.
 ///
@@ -66,35 +74,44 @@ pub enum Command {
     /// Credentials come from $REGISTRY_AUTH_FILE, $XDG_RUNTIME_DIR/containers/auth.json,
     /// ~/.config/containers/auth.json or ~/.docker/config.json (credential helpers
     /// included); mirrors and insecure registries from registries.conf.
-    Pull(cmd::pull::PullArgs),
+    Pull(pull::PullArgs),
     /// List images in the store: reference, digest, size, age.
-    Images(cmd::images::ImagesArgs),
+    Images(images::ImagesArgs),
     /// Remove images from the store (their blobs go at the next `berth gc`).
-    Rmi(cmd::images::RmiArgs),
+    Rmi(images::RmiArgs),
     /// Remove blobs and unpacked layers no image refers to.
-    Gc(cmd::images::GcArgs),
+    Gc(images::GcArgs),
     /// Write an OCI runtime bundle (rootfs/ and config.json) for an image.
-    Bundle(cmd::bundle::BundleArgs),
+    Bundle(bundle::BundleArgs),
     /// Run a pod: from a Kubernetes Pod file (--pod) or an image and sidecars.
-    Run(Box<cmd::run::RunArgs>),
+    Run(Box<run::RunArgs>),
     /// List running pods.
-    Ps(cmd::pods::PsArgs),
+    Ps(pods::PsArgs),
     /// Run a command in a running container of a pod.
-    Exec(cmd::pods::ExecArgs),
+    Exec(pods::ExecArgs),
     /// Show the logs of a pod's sidecars.
-    Logs(cmd::pods::LogsArgs),
+    Logs(pods::LogsArgs),
     /// Stop a running pod: SIGTERM to its main process, then the usual teardown.
-    Stop(cmd::pods::StopArgs),
+    Stop(pods::StopArgs),
     /// Remove a stopped pod's leftover state.
-    Rm(cmd::pods::RmArgs),
-    /// Internal: entry points berth re-executes itself into (namespaces need a
-    /// fresh single-threaded process).
-    #[command(name = "__internal", hide = true)]
-    Internal(cmd::internal::InternalArgs),
+    Rm(pods::RmArgs),
 }
 
 /// Parses the command line, runs it, and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
+    // A re-executed berth (see `berth::reexec`) is no command line to parse.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    match Entry::parse(&args) {
+        Some(Ok((entry, verbose))) => {
+            init_logging(verbose);
+            return ExitCode::from(entry.run());
+        }
+        Some(Err(e)) => {
+            exit::report(&e);
+            return ExitCode::from(exit::PROVISION);
+        }
+        None => {}
+    }
     // Usage errors are berth's own failures too: exit 125 like podman, but
     // --help and --version still exit 0 on stdout.
     let cli = match Cli::try_parse() {
@@ -119,30 +136,26 @@ pub fn main() -> ExitCode {
 fn dispatch(cli: Cli) -> anyhow::Result<u8> {
     let g = &cli.global;
     // Any berth command removes what a SIGKILLed `berth run` left behind
-    // (cheap: it reads one small file per pod). Not the re-executed
-    // internals: they run inside a pod or user namespace.
-    if !matches!(cli.command, Command::Internal(_)) {
-        crate::runtime::state::clean_dead(&g.paths().run_root);
-    }
+    // (cheap: it reads one small file per pod).
+    berth::runtime::state::clean_dead(&g.paths().run_root);
     match cli.command {
-        Command::Pull(a) => cmd::pull::run(g, a),
-        Command::Images(a) => cmd::images::images(g, a),
-        Command::Rmi(a) => cmd::images::rmi(g, a),
-        Command::Gc(a) => cmd::images::gc(g, a),
-        Command::Bundle(a) => cmd::bundle::run(g, a),
-        Command::Run(a) => cmd::run::run(g, *a),
-        Command::Ps(a) => cmd::pods::ps(g, a),
-        Command::Exec(a) => cmd::pods::exec(g, a),
-        Command::Logs(a) => cmd::pods::logs(g, a),
-        Command::Stop(a) => cmd::pods::stop(g, a),
-        Command::Rm(a) => cmd::pods::rm(g, a),
-        Command::Internal(a) => cmd::internal::run(g, a),
+        Command::Pull(a) => pull::run(g, a),
+        Command::Images(a) => images::images(g, a),
+        Command::Rmi(a) => images::rmi(g, a),
+        Command::Gc(a) => images::gc(g, a),
+        Command::Bundle(a) => bundle::run(g, a),
+        Command::Run(a) => run::run(g, *a),
+        Command::Ps(a) => pods::ps(g, a),
+        Command::Exec(a) => pods::exec(g, a),
+        Command::Logs(a) => pods::logs(g, a),
+        Command::Stop(a) => pods::stop(g, a),
+        Command::Rm(a) => pods::rm(g, a),
     }
 }
 
 /// One line on stderr: `berth: outer context: inner cause`.
 pub fn report(err: &anyhow::Error) {
-    eprintln!("berth: {err:#}");
+    exit::report(err.as_ref());
 }
 
 /// Logs go to stderr, always: stdout belongs to the container.

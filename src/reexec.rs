@@ -1,0 +1,141 @@
+//! The hidden entry points berth re-executes itself into, in one place.
+//!
+//! Namespace set-up (`unshare`, a new user namespace) and libcontainer's
+//! `build()` need a fresh single-threaded process, which a tokio-driven
+//! berth is not, so berth runs `/proc/self/exe __internal KIND ARGS` inside a
+//! user namespace made by [`crate::userns::spawn`]. [`Entry::argv`] writes
+//! that command line and [`Entry::parse`] reads it back; nothing else builds
+//! or parses it. The CLI checks for an entry before it parses anything else.
+
+use std::ffi::{OsStr, OsString};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::Pid;
+
+use crate::userns::{self, IdMapping, SpawnOptions, UsernsError};
+
+/// The first argument that marks a re-executed berth.
+const MARKER: &str = "__internal";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// The pod process: PID 1 of the pod's user and PID namespaces
+    /// ([`crate::runtime::podinit`]).
+    Pod { state_dir: PathBuf },
+    /// Unpack layers into the cache, or collect unused ones, inside the user
+    /// namespace the pods use ([`crate::provision`]).
+    Unpack { job: PathBuf },
+    /// Remove a tree as uid 0 of a mapped user namespace
+    /// ([`crate::runtime::cleanup`]).
+    Rmtree { path: PathBuf },
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed internal command line (berth runs `{MARKER}` itself; it is not for users)")]
+pub struct ParseError;
+
+impl Entry {
+    /// berth's arguments (after argv[0]) for this entry; `verbose` is the
+    /// `-v` count the child logs at.
+    pub fn argv(&self, verbose: u8) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        if verbose > 0 {
+            args.push(format!("-{}", "v".repeat(verbose.min(3) as usize)).into());
+        }
+        let (kind, path) = match self {
+            Entry::Pod { state_dir } => ("pod", state_dir),
+            Entry::Unpack { job } => ("unpack", job),
+            Entry::Rmtree { path } => ("rmtree", path),
+        };
+        args.extend([MARKER.into(), kind.into(), path.as_os_str().to_owned()]);
+        args
+    }
+
+    /// The entry and `-v` count that `args` (berth's arguments, after
+    /// argv[0]) name; `None` when they are an ordinary command line.
+    pub fn parse(args: &[OsString]) -> Option<Result<(Entry, u8), ParseError>> {
+        let flags = args.iter().take_while(|a| is_verbose_flag(a)).count();
+        if args.get(flags).map(OsString::as_os_str) != Some(OsStr::new(MARKER)) {
+            return None;
+        }
+        let verbose = args[..flags].iter().map(|a| a.len() - 1).sum::<usize>().min(3) as u8;
+        let rest = &args[flags + 1..];
+        let entry = match rest {
+            [kind, path] => {
+                let path = PathBuf::from(path);
+                match kind.to_str() {
+                    Some("pod") => Entry::Pod { state_dir: path },
+                    Some("unpack") => Entry::Unpack { job: path },
+                    Some("rmtree") => Entry::Rmtree { path },
+                    _ => return Some(Err(ParseError)),
+                }
+            }
+            _ => return Some(Err(ParseError)),
+        };
+        Some(Ok((entry, verbose)))
+    }
+
+    /// Starts this entry in a new user namespace with `mapping` (see
+    /// [`userns::spawn`]); the caller waits for the returned pid.
+    pub fn spawn(&self, mapping: &IdMapping, verbose: u8, opts: &SpawnOptions) -> Result<Pid, UsernsError> {
+        userns::spawn(mapping, Path::new("/proc/self/exe"), &self.argv(verbose), opts)
+    }
+
+    /// Runs the entry in this (re-executed) process and returns its exit
+    /// status; failures are reported on stderr in one line.
+    pub fn run(self) -> u8 {
+        let outcome = match self {
+            // The pod process reports its own failure: berth passes the
+            // status (125, 126, 127 or 128+N) through unchanged.
+            Entry::Pod { state_dir } => match crate::runtime::podinit::run(&state_dir) {
+                Ok(code) => return code,
+                Err(e) => {
+                    crate::exit::report(&e);
+                    return e.exit_code();
+                }
+            },
+            Entry::Unpack { job } => crate::provision::unpack_job(&job),
+            Entry::Rmtree { path } => crate::runtime::cleanup::rmtree_in_namespace(&path)
+                .map_err(|e| anyhow::Error::new(e).context(format!("removing {}", path.display()))),
+        };
+        match outcome {
+            Ok(()) => 0,
+            Err(e) => {
+                crate::exit::report(e.as_ref());
+                crate::exit::PROVISION
+            }
+        }
+    }
+}
+
+fn is_verbose_flag(a: &OsStr) -> bool {
+    let b = a.as_encoded_bytes();
+    b.len() >= 2 && b[0] == b'-' && b[1..].iter().all(|&c| c == b'v')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(e: Entry, verbose: u8) {
+        assert_eq!(Entry::parse(&e.argv(verbose)), Some(Ok((e, verbose))));
+    }
+
+    #[test]
+    fn every_entry_round_trips() {
+        round_trip(Entry::Pod { state_dir: "/run/berth/pods/a b".into() }, 0);
+        round_trip(Entry::Unpack { job: "/s/layers/k/.job-1.json".into() }, 2);
+        round_trip(Entry::Rmtree { path: "/tmp/x".into() }, 3);
+    }
+
+    #[test]
+    fn ordinary_command_lines_are_not_entries() {
+        let args = |v: &[&str]| v.iter().map(OsString::from).collect::<Vec<_>>();
+        assert_eq!(Entry::parse(&args(&["run", "busybox"])), None);
+        assert_eq!(Entry::parse(&args(&["-v", "run", "__internal"])), None);
+        assert_eq!(Entry::parse(&args(&[])), None);
+        assert_eq!(Entry::parse(&args(&["__internal", "pod"])), Some(Err(ParseError)));
+        assert_eq!(Entry::parse(&args(&["__internal", "shell", "/x"])), Some(Err(ParseError)));
+        assert_eq!(Entry::parse(&args(&["-vv", "-v", "__internal", "pod", "/x"])), Some(Ok((Entry::Pod { state_dir: "/x".into() }, 3))));
+    }
+}
