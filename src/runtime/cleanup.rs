@@ -3,13 +3,13 @@
 //! Containers write files as their own uids (e.g. an overlay upper directory
 //! with files of uid 1 = the first subordinate uid). The invoking user cannot
 //! remove those on the host, but uid 0 of a user namespace with the same
-//! mapping can: removal falls back to `berth __internal rmtree` run there.
+//! mapping can: removal falls back to [`Entry::Rmtree`] run there.
 
-use std::ffi::OsString;
 use std::io;
 use std::path::Path;
 
-use crate::userns::{self, IdMapping, SpawnOptions};
+use crate::reexec::Entry;
+use crate::userns::{IdMapping, SpawnOptions};
 
 /// Removes `path` recursively; a missing path is not an error.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
@@ -31,9 +31,9 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
         return std::fs::remove_dir_all(path);
     }
     let mapping = IdMapping::for_current_user().map_err(io::Error::other)?;
-    let exe = Path::new("/proc/self/exe");
-    let args: Vec<OsString> = vec!["__internal".into(), "rmtree".into(), path.as_os_str().to_owned()];
-    let pid = userns::spawn(&mapping, exe, &args, &SpawnOptions::default()).map_err(io::Error::other)?;
+    let pid = Entry::Rmtree { path: path.to_path_buf() }
+        .spawn(&mapping, 0, &SpawnOptions::default())
+        .map_err(io::Error::other)?;
     let status = nix::sys::wait::waitpid(pid, None).map_err(io::Error::from)?;
     match status {
         nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
@@ -41,7 +41,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The body of `berth __internal rmtree PATH`: runs as uid 0 of a mapped
+/// The body of ``Entry::Rmtree` PATH`: runs as uid 0 of a mapped
 /// user namespace.
 pub fn rmtree_in_namespace(path: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(path) {

@@ -7,8 +7,6 @@
 //! pod process dies, and with it (PID 1 of the pod's PID namespace) every
 //! container.
 
-use std::ffi::OsString;
-use std::path::Path;
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigmaskHow, Signal};
@@ -19,7 +17,8 @@ use super::cgroup::{self, PodCgroup};
 use super::signals;
 use super::state::{self, Owner, PodDir, StateError};
 use super::PodPlan;
-use crate::userns::{self, IdMapping, SpawnOptions, UsernsError};
+use crate::reexec::Entry;
+use crate::userns::{IdMapping, SpawnOptions, UsernsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -119,18 +118,13 @@ fn run_pod_process(
     tty: bool,
     cgroup: Option<&PodCgroup>,
 ) -> Result<u8, LaunchError> {
-    let mut args: Vec<OsString> = Vec::new();
-    if opts.verbose > 0 {
-        args.push(format!("-{}", "v".repeat(opts.verbose.min(3) as usize)).into());
-    }
-    args.extend(["__internal".into(), "pod".into(), dir.dir.as_os_str().to_owned()]);
     let spawn_opts = SpawnOptions {
         extra_namespaces: CloneFlags::CLONE_NEWPID,
         parent_death_signal: Some(Signal::SIGKILL),
         keep_fds: Vec::new(),
         cgroup: cgroup.map(|c| c.dir.clone()),
     };
-    let pid = userns::spawn(opts.mapping, Path::new("/proc/self/exe"), &args, &spawn_opts)?;
+    let pid = Entry::Pod { state_dir: dir.dir.clone() }.spawn(opts.mapping, opts.verbose, &spawn_opts)?;
     let me = Pid::this();
     dir.write_owner(&Owner {
         pid: me.as_raw(),
