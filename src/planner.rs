@@ -151,7 +151,7 @@ pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> 
     let dir = PodDir::create(&paths.run_root, &pod.name)?;
     let shape = PodShape {
         name: pod.name.clone(),
-        network: pod.network.into(),
+        network: pod.network,
         share_pid: pod.share_process_namespace,
         grace: pod.grace_seconds.map(Duration::from_secs),
     };
@@ -194,7 +194,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
         None => pod::shorthand::generated_name(),
     };
     let dir = PodDir::create(&paths.run_root, &name)?;
-    let shape = PodShape { name, network: b.network.into(), share_pid: false, grace: None };
+    let shape = PodShape { name, network: b.network, share_pid: false, grace: None };
     let containers = b
         .containers
         .iter()
@@ -222,7 +222,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
 /// What the plan takes from the pod besides its containers.
 struct PodShape {
     name: String,
-    network: runtime::Network,
+    network: pod::Network,
     share_pid: bool,
     /// The pod's own grace period (its file's), if any.
     grace: Option<Duration>,
@@ -375,11 +375,8 @@ fn image_containers(
 /// The container's settings on top of its image's config.
 fn settings_for(c: &Container, pod: &str, network: pod::Network, single_id: bool) -> anyhow::Result<ContainerSettings> {
     let mut s = ContainerSettings::new(pod)
-        .network(match network {
-            pod::Network::Private => bundle::Network::Private,
-            pod::Network::Host => bundle::Network::Host,
-        })
-        .id_mapping(if single_id { bundle::IdMapping::InheritedSingleId } else { bundle::IdMapping::Inherited });
+        .host_network(network == pod::Network::Host)
+        .user_namespace(if single_id { bundle::UserNamespace::InheritedSingleId } else { bundle::UserNamespace::Inherited });
     if let Some(cmd) = &c.command {
         s = s.command(cmd.clone());
     }

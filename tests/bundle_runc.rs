@@ -11,7 +11,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::Path;
 use std::process::Command;
 
-use berth::bundle::{self, id_map, ContainerSettings, IdMapping};
+use berth::bundle::{self, id_map, ContainerSettings, UserNamespace};
 use oci_spec::image::ImageConfiguration;
 
 const USER: &str = "berthtest";
@@ -58,7 +58,7 @@ fn runc_runs_a_berth_bundle_rootless_with_the_default_security() {
     let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
     let settings = ContainerSettings::new("berth-test")
         .args(vec![SCRIPT.to_string()])
-        .id_mapping(IdMapping::Private { uid: vec![id_map(0, uid, 1)], gid: vec![id_map(0, gid, 1)] });
+        .user_namespace(UserNamespace::Private { uid: vec![id_map(0, uid, 1)], gid: vec![id_map(0, gid, 1)] });
     let spec = bundle::runtime_spec(&image, &rootfs, &settings).unwrap();
     bundle::prepare_rootfs(&rootfs).unwrap();
     bundle::write_config(&bundle_dir, &spec).unwrap();

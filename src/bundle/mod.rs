@@ -38,7 +38,7 @@ pub use rootfs::prepare_rootfs;
 pub use seccomp::{default_seccomp, libcontainer_compat, seccomp_for};
 pub use spec::{
     default_capabilities, id_map, remove_namespace, runtime_spec, set_namespace, ContainerSettings,
-    IdMapping, Network, DEFAULT_NOFILE, DEFAULT_PATH,
+    UserNamespace, DEFAULT_NOFILE, DEFAULT_PATH,
 };
 pub use user::{ResolvedUser, UserSpec};
 

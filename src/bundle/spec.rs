@@ -64,21 +64,9 @@ pub fn default_capabilities() -> Capabilities {
     .collect()
 }
 
-/// The container's network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Network {
-    /// Its own network namespace (loopback only unless the runtime adds more).
-    #[default]
-    Private,
-    /// The host's (or the surrounding) network namespace: no `network`
-    /// namespace entry, and `/sys` is a read-only rbind of the host's, since
-    /// sysfs can only be mounted by the owner of the network namespace.
-    Host,
-}
-
 /// Which ids exist in the container, and who makes its user namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum IdMapping {
+pub enum UserNamespace {
     /// No `user` namespace entry: the runtime runs as real root, or inside
     /// a user namespace made beforehand that maps a full range (berth's
     /// pod with a subordinate range).
@@ -93,12 +81,12 @@ pub enum IdMapping {
     Private { uid: Vec<LinuxIdMapping>, gid: Vec<LinuxIdMapping> },
 }
 
-impl IdMapping {
+impl UserNamespace {
     /// What `runc spec --rootless` asks for: container root is the calling
     /// user (effective uid and gid), nothing else is mapped.
     pub fn rootless_self() -> Self {
         let one = |host: u32| vec![id_map(0, host, 1)];
-        IdMapping::Private {
+        UserNamespace::Private {
             uid: one(nix::unistd::geteuid().as_raw()),
             gid: one(nix::unistd::getegid().as_raw()),
         }
@@ -107,9 +95,9 @@ impl IdMapping {
     /// Whether container gid `gid` exists; `None` when unknown (inherited).
     fn has_gid(&self, gid: u32) -> Option<bool> {
         match self {
-            IdMapping::Inherited => None,
-            IdMapping::InheritedSingleId => Some(gid == 0),
-            IdMapping::Private { gid: maps, .. } => Some(maps.iter().any(|m| {
+            UserNamespace::Inherited => None,
+            UserNamespace::InheritedSingleId => Some(gid == 0),
+            UserNamespace::Private { gid: maps, .. } => Some(maps.iter().any(|m| {
                 gid >= m.container_id() && u64::from(gid) < u64::from(m.container_id()) + u64::from(m.size())
             })),
         }
@@ -118,9 +106,9 @@ impl IdMapping {
     /// Only one gid: setgroups(2) is denied in such a user namespace.
     fn single_gid(&self) -> bool {
         match self {
-            IdMapping::Inherited => false,
-            IdMapping::InheritedSingleId => true,
-            IdMapping::Private { gid, .. } => gid.iter().map(|m| u64::from(m.size())).sum::<u64>() <= 1,
+            UserNamespace::Inherited => false,
+            UserNamespace::InheritedSingleId => true,
+            UserNamespace::Private { gid, .. } => gid.iter().map(|m| u64::from(m.size())).sum::<u64>() <= 1,
         }
     }
 }
@@ -139,8 +127,11 @@ pub struct ContainerSettings {
     mounts: Vec<Mount>,
     read_only_rootfs: bool,
     rlimit_nofile: Option<(u64, u64)>,
-    network: Network,
-    id_mapping: IdMapping,
+    /// Join the host's (or the surrounding) network namespace: no `network`
+    /// namespace entry, and `/sys` is a read-only rbind of the host's, since
+    /// sysfs can only be mounted by the owner of the network namespace.
+    host_network: bool,
+    user_namespace: UserNamespace,
 }
 
 impl ContainerSettings {
@@ -158,8 +149,8 @@ impl ContainerSettings {
             mounts: Vec::new(),
             read_only_rootfs: false,
             rlimit_nofile: None,
-            network: Network::default(),
-            id_mapping: IdMapping::default(),
+            host_network: false,
+            user_namespace: UserNamespace::default(),
         }
     }
 
@@ -222,13 +213,13 @@ impl ContainerSettings {
         self
     }
 
-    pub fn network(mut self, network: Network) -> Self {
-        self.network = network;
+    pub fn host_network(mut self, host: bool) -> Self {
+        self.host_network = host;
         self
     }
 
-    pub fn id_mapping(mut self, id_mapping: IdMapping) -> Self {
-        self.id_mapping = id_mapping;
+    pub fn user_namespace(mut self, user_namespace: UserNamespace) -> Self {
+        self.user_namespace = user_namespace;
         self
     }
 }
@@ -266,10 +257,10 @@ pub fn runtime_spec(image: &ImageConfiguration, rootfs: &Path, settings: &Contai
     }
 
     let mut additional_gids = user.additional_gids.clone();
-    if settings.id_mapping.single_gid() {
+    if settings.user_namespace.single_gid() {
         additional_gids.clear();
     } else {
-        additional_gids.retain(|g| settings.id_mapping.has_gid(*g).unwrap_or(true));
+        additional_gids.retain(|g| settings.user_namespace.has_gid(*g).unwrap_or(true));
     }
     let mut process_user = User::default();
     process_user.set_uid(user.uid);
@@ -309,7 +300,7 @@ pub fn runtime_spec(image: &ImageConfiguration, rootfs: &Path, settings: &Contai
     let mut linux = Linux::default();
     linux.set_resources(None);
     linux.set_namespaces(Some(namespaces(settings)));
-    if let IdMapping::Private { uid, gid } = &settings.id_mapping {
+    if let UserNamespace::Private { uid, gid } = &settings.user_namespace {
         if uid.is_empty() || gid.is_empty() || uid.iter().chain(gid).any(|m| m.size() == 0) {
             return Err(invalid("id mapping", "empty uid or gid mapping".into()));
         }
@@ -437,11 +428,11 @@ fn merge_env(image: &[String], s: &ContainerSettings, home: &str) -> Result<Vec<
 
 fn namespaces(s: &ContainerSettings) -> Vec<LinuxNamespace> {
     let mut types = vec![LinuxNamespaceType::Pid];
-    if s.network == Network::Private {
+    if !s.host_network {
         types.push(LinuxNamespaceType::Network);
     }
     types.extend([LinuxNamespaceType::Ipc, LinuxNamespaceType::Uts, LinuxNamespaceType::Mount, LinuxNamespaceType::Cgroup]);
-    if matches!(s.id_mapping, IdMapping::Private { .. }) {
+    if matches!(s.user_namespace, UserNamespace::Private { .. }) {
         types.push(LinuxNamespaceType::User);
     }
     types
@@ -466,12 +457,12 @@ fn mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> Mount 
 /// runc's default mounts (without the cgroup one), then the caller's.
 fn mounts(s: &ContainerSettings) -> Result<Vec<Mount>, BundleError> {
     let mut devpts = vec!["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"];
-    if s.id_mapping.has_gid(5).unwrap_or(true) {
+    if s.user_namespace.has_gid(5).unwrap_or(true) {
         devpts.push("gid=5");
     }
-    let sys = match s.network {
-        Network::Private => mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
-        Network::Host => mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"]),
+    let sys = match s.host_network {
+        false => mount("/sys", "sysfs", "sysfs", &["nosuid", "noexec", "nodev", "ro"]),
+        true => mount("/sys", "bind", "/sys", &["rbind", "nosuid", "noexec", "nodev", "ro"]),
     };
     let mut mounts = vec![
         mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
@@ -610,7 +601,7 @@ mod tests {
         let e = runtime_spec(&img3, r.path(), &ContainerSettings::new("c")).unwrap_err().to_string();
         assert!(e.contains("ghost"), "{e}");
         // Single-id mappings get no supplementary groups.
-        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").id_mapping(IdMapping::InheritedSingleId)).unwrap();
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").user_namespace(UserNamespace::InheritedSingleId)).unwrap();
         assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &None);
 
         assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("c").working_dir("rel")).is_err());
@@ -663,7 +654,7 @@ mod tests {
         assert!(has(mount_of(&spec, "/dev/pts"), "gid=5"));
         assert_eq!(mount_of(&spec, "/sys").typ().as_deref(), Some("sysfs"));
 
-        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").id_mapping(IdMapping::rootless_self()).network(Network::Host)).unwrap();
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").user_namespace(UserNamespace::rootless_self()).host_network(true)).unwrap();
         assert!(!has(mount_of(&spec, "/dev/pts"), "gid=5"));
         let sys = mount_of(&spec, "/sys");
         assert!(has(sys, "rbind") && has(sys, "ro"));
@@ -675,8 +666,8 @@ mod tests {
         assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &None);
 
         // A full mapping keeps gid=5 and the groups it covers.
-        let full = IdMapping::Private { uid: vec![id_map(0, 1000, 1), id_map(1, 100000, 65536)], gid: vec![id_map(0, 1000, 1), id_map(1, 100000, 65536)] };
-        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").id_mapping(full)).unwrap();
+        let full = UserNamespace::Private { uid: vec![id_map(0, 1000, 1), id_map(1, 100000, 65536)], gid: vec![id_map(0, 1000, 1), id_map(1, 100000, 65536)] };
+        let spec = runtime_spec(&img, r.path(), &ContainerSettings::new("c").user_namespace(full)).unwrap();
         assert!(has(mount_of(&spec, "/dev/pts"), "gid=5"));
         assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &Some(vec![10]));
 

@@ -74,7 +74,7 @@ fn write(g: &Global, a: &BundleArgs, dir: &Path) -> anyhow::Result<()> {
     bundle::prepare_rootfs(&rootfs)?;
 
     let hostname = a.name.clone().unwrap_or_else(|| base_name(&a.image));
-    let mut s = ContainerSettings::new(hostname).id_mapping(id_mapping(&prov.mapping));
+    let mut s = ContainerSettings::new(hostname).user_namespace(user_namespace(&prov.mapping));
     if let Some(ep) = &a.entrypoint {
         s = s.command(vec![ep.clone()]);
     }
@@ -98,12 +98,12 @@ fn write(g: &Global, a: &BundleArgs, dir: &Path) -> anyhow::Result<()> {
 
 /// A standalone bundle makes its own user namespace when run rootless,
 /// with the mapping its files were written for; as root, no namespace.
-fn id_mapping(m: &berth::userns::IdMapping) -> bundle::IdMapping {
+fn user_namespace(m: &berth::userns::IdMapping) -> bundle::UserNamespace {
     if nix::unistd::Uid::current().is_root() && !m.is_full() {
-        return bundle::IdMapping::Inherited;
+        return bundle::UserNamespace::Inherited;
     }
     let conv = |rs: &[berth::userns::IdRange]| rs.iter().map(|r| bundle::id_map(r.container, r.host, r.count)).collect();
-    bundle::IdMapping::Private { uid: conv(&m.uids), gid: conv(&m.gids) }
+    bundle::UserNamespace::Private { uid: conv(&m.uids), gid: conv(&m.gids) }
 }
 
 /// `docker.io/library/busybox:1.36` → `busybox`.

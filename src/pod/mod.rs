@@ -39,7 +39,9 @@ pub struct Pod {
     pub grace_seconds: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// The pod's network, one for all its containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
 pub enum Network {
     /// A private network namespace with loopback only.
     #[default]

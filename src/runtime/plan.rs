@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::pod;
+pub use crate::pod::Network;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodPlan {
@@ -107,23 +108,6 @@ pub struct BindMount {
     pub destination: String,
     #[serde(default)]
     pub read_only: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Network {
-    #[default]
-    Private,
-    Host,
-}
-
-impl From<pod::Network> for Network {
-    fn from(n: pod::Network) -> Network {
-        match n {
-            pod::Network::Private => Network::Private,
-            pod::Network::Host => Network::Host,
-        }
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
