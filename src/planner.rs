@@ -16,7 +16,7 @@ use crate::bundle::{self, ContainerSettings, UserSpec};
 use crate::paths::Paths;
 use crate::pod::{self, Container, Pod, VolumeSource};
 use crate::provision::{Fetch, Provision};
-use crate::runtime::{self, BindMount, PlannedContainer, PodDir, PodPlan, Role, RootfsSource};
+use crate::runtime::{self, BindMount, ImageVolume, PlannedContainer, PodDir, PodPlan, Role, RootfsSource};
 use crate::store::Image;
 use crate::userns::IdMapping;
 
@@ -140,7 +140,12 @@ fn finish(mut pod: Pod, o: &PodOverrides) -> anyhow::Result<Pod> {
 pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> {
     ensure_run_root(paths)?;
     let prov = Provision::open(paths, false, s.verbose)?;
-    let mut refs: Vec<String> = pod.init_containers.iter().chain(&pod.containers).map(|c| c.image.clone()).collect();
+    let volume_images = pod.volumes.iter().filter_map(|v| match &v.source {
+        VolumeSource::Image { reference } => Some(reference.clone()),
+        _ => None,
+    });
+    let mut refs: Vec<String> =
+        pod.init_containers.iter().chain(&pod.containers).map(|c| c.image.clone()).chain(volume_images).collect();
     refs.sort();
     refs.dedup();
     let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images(&refs, &s.fetch)?).collect();
@@ -216,7 +221,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
             tty: c.tty,
         })
         .collect();
-    launch(paths, dir, &shape, s, &mapping, |_| Ok(containers))
+    launch(paths, dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
 }
 
 /// What the plan takes from the pod besides its containers.
@@ -236,10 +241,10 @@ fn launch(
     shape: &PodShape,
     s: &RunSettings,
     mapping: &IdMapping,
-    containers: impl FnOnce(&PodDir) -> anyhow::Result<Vec<PlannedContainer>>,
+    containers: impl FnOnce(&PodDir) -> anyhow::Result<(Vec<PlannedContainer>, Vec<ImageVolume>)>,
 ) -> anyhow::Result<u8> {
     let result = workspace(paths, &shape.name, s).and_then(|(workspace, own)| {
-        let result = containers(&dir).and_then(|containers| {
+        let result = containers(&dir).and_then(|(containers, image_volumes)| {
             let plan = PodPlan {
                 name: shape.name.clone(),
                 containers,
@@ -252,6 +257,7 @@ fn launch(
                 grace: s.grace.or(shape.grace).unwrap_or(DEFAULT_GRACE),
                 quiet_sidecars: s.quiet_sidecars,
                 pids_limit: s.pids_limit,
+                image_volumes,
             };
             let opts = runtime::LaunchOptions { mapping, verbose: s.verbose, keep_state: s.keep };
             Ok(runtime::launch(&plan, &dir, &opts)?)
@@ -291,6 +297,7 @@ fn workspace(paths: &Paths, pod: &str, s: &RunSettings) -> anyhow::Result<(PathB
 
 /// One planned container per pod container, in the plan's order: init
 /// containers, sidecars, then main; each with its `config.json` written.
+/// Also the image volumes they mount.
 fn image_containers(
     pod: &Pod,
     s: &RunSettings,
@@ -298,8 +305,9 @@ fn image_containers(
     images: &HashMap<String, Image>,
     layers: &HashMap<String, Vec<PathBuf>>,
     dir: &PodDir,
-) -> anyhow::Result<Vec<PlannedContainer>> {
+) -> anyhow::Result<(Vec<PlannedContainer>, Vec<ImageVolume>)> {
     let mut volumes: HashMap<&str, PathBuf> = HashMap::new();
+    let mut image_volumes = Vec::new();
     for v in &pod.volumes {
         let path = match &v.source {
             VolumeSource::EmptyDir => {
@@ -310,6 +318,14 @@ fn image_containers(
             VolumeSource::HostPath(p) => {
                 anyhow::ensure!(p.exists(), "volume {}: hostPath {} does not exist", v.name, p.display());
                 p.clone()
+            }
+            VolumeSource::Image { reference } => {
+                let base = dir.dir.join("images").join(&v.name);
+                let tree = tree_source(s.rootfs, &layers[reference], &base)?;
+                let path = base.join("tree");
+                std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+                image_volumes.push(ImageVolume { name: v.name.clone(), tree, path: path.clone() });
+                path
             }
         };
         volumes.insert(&v.name, path);
@@ -335,19 +351,7 @@ fn image_containers(
         let spec = bundle::runtime_spec(&image.config, &user_db_root(lowers), &settings)
             .with_context(|| format!("container {}", c.name))?;
         bundle::write_pod_config(&spec_dir, &spec)?;
-        let rootfs = match s.rootfs {
-            RootfsMode::Copy => RootfsSource::Copy { layers: lowers.clone() },
-            mode => {
-                let rw = dir.dir.join("rw").join(&c.name);
-                let (upper, work) = (rw.join("upper"), rw.join("work"));
-                for d in [&upper, &work] {
-                    std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-                }
-                // overlayfs wants the top layer first.
-                let lowers = lowers.iter().rev().cloned().collect();
-                RootfsSource::Overlay { lowers, upper, work, fallback: mode == RootfsMode::Auto }
-            }
-        };
+        let rootfs = tree_source(s.rootfs, lowers, &dir.dir.join("rw").join(&c.name))?;
         // A volume mounted where the workspace goes *is* the workspace (so a
         // pod file that also runs on Kubernetes can declare it): berth's
         // workspace bind takes its place.
@@ -355,7 +359,12 @@ fn image_containers(
             .volume_mounts
             .iter()
             .filter(|m| m.mount_path.trim_end_matches('/') != s.workspace_path.trim_end_matches('/'))
-            .map(|m| BindMount { source: volumes[m.name.as_str()].clone(), destination: m.mount_path.clone(), read_only: m.read_only })
+            .map(|m| BindMount {
+                source: volumes[m.name.as_str()].clone(),
+                destination: m.mount_path.clone(),
+                // An image's tree is never written through a volume.
+                read_only: m.read_only || image_volumes.iter().any(|v: &ImageVolume| v.name == m.name),
+            })
             .collect();
         containers.push(PlannedContainer {
             name: c.name.clone(),
@@ -369,7 +378,22 @@ fn image_containers(
             tty,
         });
     }
-    Ok(containers)
+    Ok((containers, image_volumes))
+}
+
+/// How the cached layers `lowers` (bottom first) become a tree: an overlay
+/// with its upper and work directories under `rw`, or a private copy.
+fn tree_source(mode: RootfsMode, lowers: &[PathBuf], rw: &Path) -> anyhow::Result<RootfsSource> {
+    if mode == RootfsMode::Copy {
+        return Ok(RootfsSource::Copy { layers: lowers.to_vec() });
+    }
+    let (upper, work) = (rw.join("upper"), rw.join("work"));
+    for d in [&upper, &work] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    // overlayfs wants the top layer first.
+    let lowers = lowers.iter().rev().cloned().collect();
+    Ok(RootfsSource::Overlay { lowers, upper, work, fallback: mode == RootfsMode::Auto })
 }
 
 /// The container's settings on top of its image's config.

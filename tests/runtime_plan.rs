@@ -105,6 +105,7 @@ fn runtime_plan_overlay_exec_probe_shared_pid_and_mounts() {
         grace: Duration::from_secs(1),
         quiet_sidecars: true,
         pids_limit: None,
+        image_volumes: vec![],
     };
     let run_root = t.path().join("run");
     let dir = PodDir::create(&run_root, "planned").unwrap();

@@ -450,11 +450,18 @@ impl Walk {
             self.finish(h, &[("type", SilentIf(&["", "Directory"], "berth does not check or create hostPath types"))])?;
             sources.push((v.mark, VolumeSource::HostPath(host)));
         }
+        if let Some((v, p)) = self.field(&mut o, "image") {
+            let mut i = self.obj(v, &p)?;
+            let (r, rp) = self.required(&mut i, "reference")?;
+            let reference = string(r, &rp)?;
+            self.finish(i, &[("pullPolicy", SilentIf(&["", "IfNotPresent"], "berth pulls an image only when the store lacks it"))])?;
+            sources.push((v.mark, VolumeSource::Image { reference }));
+        }
         for (key, value) in o.entries {
             if UNSUPPORTED_VOLUMES.contains(&key.text.as_str()) && !value.is_null() {
                 return fail(
                     key.mark,
-                    format!("{}: {} volumes are not supported (berth has emptyDir and hostPath)", join(path, &key.text), key.text),
+                    format!("{}: {} volumes are not supported (berth has emptyDir, hostPath and image)", join(path, &key.text), key.text),
                 );
             }
         }
@@ -463,7 +470,7 @@ impl Walk {
             // Kubernetes defaults a volume without a source to emptyDir.
             0 => Ok(Volume { name, source: VolumeSource::EmptyDir }),
             1 => Ok(Volume { name, source: sources.remove(0).1 }),
-            _ => fail(sources[1].0, format!("{path}: a volume has one source, not both emptyDir and hostPath")),
+            _ => fail(sources[1].0, format!("{path}: a volume has one source, not several of emptyDir, hostPath and image")),
         }
     }
 
@@ -753,7 +760,6 @@ const UNSUPPORTED_VOLUMES: &[&str] = &[
     "gcePersistentDisk",
     "gitRepo",
     "glusterfs",
-    "image",
     "iscsi",
     "nfs",
     "persistentVolumeClaim",

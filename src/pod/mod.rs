@@ -99,6 +99,9 @@ pub enum VolumeSource {
     /// A fresh directory under the pod's state, removed with it.
     EmptyDir,
     HostPath(PathBuf),
+    /// An image's file tree, read-only (Kubernetes' `image` volume): e.g. a
+    /// Java runtime for the Jenkins agent, from an image of its own.
+    Image { reference: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -219,8 +222,15 @@ impl Pod {
             if !volume_names.insert(v.name.as_str()) {
                 return Err(InvalidPod::new(format!("{path}.name"), format!("volume name {:?} is used twice", v.name)));
             }
-            if let VolumeSource::HostPath(p) = &v.source {
-                check_host_path(p).map_err(|m| InvalidPod::new(format!("{path}.hostPath.path"), m))?;
+            match &v.source {
+                VolumeSource::HostPath(p) => {
+                    check_host_path(p).map_err(|m| InvalidPod::new(format!("{path}.hostPath.path"), m))?;
+                }
+                VolumeSource::Image { reference } => {
+                    crate::reference::parse(reference)
+                        .map_err(|e| InvalidPod::new(format!("{path}.image.reference"), crate::exit::chain(&e)))?;
+                }
+                VolumeSource::EmptyDir => {}
             }
         }
 

@@ -71,14 +71,14 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
             .path(rootfs)
             .readonly(spec.root().as_ref().and_then(|r| r.readonly()).unwrap_or(false))
             .build()
-            .map_err(|e| invalid(c, e))?,
+            .map_err(|e| invalid(&c.name, e))?,
     ));
     spec.set_hostname(None);
     spec.set_domainname(None);
-    let process = spec.process_mut().as_mut().ok_or_else(|| invalid(c, "config.json has no process"))?;
+    let process = spec.process_mut().as_mut().ok_or_else(|| invalid(&c.name, "config.json has no process"))?;
     if let Some(cmd) = &c.command {
         if cmd.is_empty() {
-            return Err(invalid(c, "empty command"));
+            return Err(invalid(&c.name, "empty command"));
         }
         process.set_args(Some(cmd.clone()));
     }
@@ -111,7 +111,7 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
         .collect();
     for t in [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid] {
         if keep(t) && !namespaces.iter().any(|n| n.typ() == t) {
-            namespaces.push(oci_spec::runtime::LinuxNamespaceBuilder::default().typ(t).build().map_err(|e| invalid(c, e))?);
+            namespaces.push(oci_spec::runtime::LinuxNamespaceBuilder::default().typ(t).build().map_err(|e| invalid(&c.name, e))?);
         }
     }
     linux.set_namespaces(Some(namespaces));
@@ -123,7 +123,7 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
         // Relative to the pod process's cgroup view, rooted at the pod's cgroup.
         linux.set_cgroups_path(Some(PathBuf::from(format!("/{}", c.name))));
         if !c.limits.is_empty() {
-            linux.set_resources(Some(resources(c).map_err(|e| invalid(c, e))?));
+            linux.set_resources(Some(resources(c).map_err(|e| invalid(&c.name, e))?));
         }
     }
 
@@ -166,7 +166,7 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
                 .build(),
         );
     }
-    let extra: Vec<Mount> = extra.into_iter().collect::<Result<_, _>>().map_err(|e| invalid(c, e))?;
+    let extra: Vec<Mount> = extra.into_iter().collect::<Result<_, _>>().map_err(|e| invalid(&c.name, e))?;
     mounts.retain(|m| !extra.iter().any(|e| e.destination() == m.destination()));
     mounts.extend(extra);
     spec.set_mounts(Some(mounts));
@@ -176,8 +176,8 @@ pub fn pod_spec(c: &PlannedContainer, rootfs: &Path, ctx: &PodContext<'_>) -> Re
     Ok(spec)
 }
 
-fn invalid(c: &PlannedContainer, e: impl std::fmt::Display) -> ContainerError {
-    ContainerError::Invalid { name: c.name.clone(), what: e.to_string() }
+fn invalid(name: &str, e: impl std::fmt::Display) -> ContainerError {
+    ContainerError::Invalid { name: name.to_string(), what: e.to_string() }
 }
 
 fn bind(source: &Path, dest: &str, ro: bool) -> Result<Mount, oci_spec::OciSpecError> {
@@ -213,15 +213,29 @@ fn resources(c: &PlannedContainer) -> Result<oci_spec::runtime::LinuxResources, 
 /// returns its path. `dir` is the container's own empty directory in the
 /// pod's state: the overlay mount point, or where the copy goes.
 pub fn prepare_rootfs(c: &PlannedContainer, dir: &Path) -> Result<PathBuf, ContainerError> {
-    let rootfs_err = |source| ContainerError::Rootfs { name: c.name.clone(), source };
-    match &c.rootfs {
+    if let RootfsSource::Bundle | RootfsSource::Dir(_) = &c.rootfs {
+        return prepare_tree(&c.name, &c.bundle, &c.rootfs, dir);
+    }
+    prepare_tree(&c.name, &c.bundle, &c.rootfs, dir)?;
+    // The image may have made /dev, /proc, /etc/hosts… symlinks; fix them in
+    // the private upper dir (or copy) before the runtime mounts there.
+    crate::bundle::prepare_rootfs(dir).map_err(|e| invalid(&c.name, e))?;
+    Ok(dir.to_path_buf())
+}
+
+/// Makes the tree `source` describes appear at `dir` (an overlay mount or a
+/// copy; a bundle's own root or a ready directory stays where it is) and
+/// returns where it is. `name` names the container or volume in errors.
+pub fn prepare_tree(name: &str, bundle: &Path, source: &RootfsSource, dir: &Path) -> Result<PathBuf, ContainerError> {
+    let rootfs_err = |source| ContainerError::Rootfs { name: name.to_string(), source };
+    match source {
         RootfsSource::Bundle => {
-            let spec_path = c.bundle.join("config.json");
-            let spec = Spec::load(&spec_path).map_err(|source| ContainerError::Spec { name: c.name.clone(), path: spec_path, source })?;
+            let spec_path = bundle.join("config.json");
+            let spec = Spec::load(&spec_path).map_err(|source| ContainerError::Spec { name: name.to_string(), path: spec_path, source })?;
             let root = spec.root().as_ref().map(|r| r.path().clone()).unwrap_or_else(|| "rootfs".into());
-            return Ok(if root.is_absolute() { root } else { c.bundle.join(root) });
+            Ok(if root.is_absolute() { root } else { bundle.join(root) })
         }
-        RootfsSource::Dir(d) => return Ok(d.clone()),
+        RootfsSource::Dir(d) => Ok(d.clone()),
         RootfsSource::Overlay { lowers, upper, work, fallback } => {
             fs::create_dir_all(dir).map_err(rootfs_err)?;
             // Once overlay has failed in this pod, the others copy at once.
@@ -234,24 +248,22 @@ pub fn prepare_rootfs(c: &PlannedContainer, dir: &Path) -> Result<PathBuf, Conta
                                 "cannot mount an overlay root filesystem ({e}): copying the image's layers for each container instead (slower; --rootfs copy says so up front)"
                             );
                         }
-                        copy_layers(c, lowers.iter().rev().cloned().collect(), dir)?;
+                        copy_layers(name, lowers.iter().rev().cloned().collect(), dir)?;
                     }
                     Err(OverlayProblem::Mount(errno)) => return Err(rootfs_err(errno.into())),
-                    Err(e) => return Err(invalid(c, e)),
+                    Err(e) => return Err(invalid(name, e)),
                 }
             } else {
-                copy_layers(c, lowers.iter().rev().cloned().collect(), dir)?;
+                copy_layers(name, lowers.iter().rev().cloned().collect(), dir)?;
             }
+            Ok(dir.to_path_buf())
         }
         RootfsSource::Copy { layers } => {
             fs::create_dir_all(dir).map_err(rootfs_err)?;
-            copy_layers(c, layers.clone(), dir)?;
+            copy_layers(name, layers.clone(), dir)?;
+            Ok(dir.to_path_buf())
         }
     }
-    // The image may have made /dev, /proc, /etc/hosts… symlinks; fix them in
-    // the private upper dir (or copy) before the runtime mounts there.
-    crate::bundle::prepare_rootfs(dir).map_err(|e| invalid(c, e))?;
-    Ok(dir.to_path_buf())
 }
 
 /// Set when an overlay mount failed in a way a copy avoids: warn once.
@@ -305,15 +317,15 @@ fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -
 /// process is uid 0 of the pod's user namespace, which maps the ids the
 /// cache was unpacked under, so owners are kept as they are (a single
 /// mapped id: the cache squashed them already).
-fn copy_layers(c: &PlannedContainer, layers: Vec<PathBuf>, dest: &Path) -> Result<(), ContainerError> {
+fn copy_layers(name: &str, layers: Vec<PathBuf>, dest: &Path) -> Result<(), ContainerError> {
     let started = std::time::Instant::now();
     let ids = match (mapped_ids("/proc/self/uid_map"), mapped_ids("/proc/self/gid_map")) {
         (u, g) if u > 1 && g > 1 => crate::unpack::IdPolicy::Keep { max_uid: (u - 1) as u32, max_gid: (g - 1) as u32 },
         _ => crate::unpack::IdPolicy::Squash,
     };
     crate::layers::flatten_dirs(&layers, dest, ids)
-        .map_err(|e| ContainerError::Invalid { name: c.name.clone(), what: format!("copying its root filesystem: {e}") })?;
-    tracing::debug!(layers = layers.len(), elapsed = ?started.elapsed(), "copied root filesystem of {}", c.name);
+        .map_err(|e| ContainerError::Invalid { name: name.to_string(), what: format!("copying its root filesystem: {e}") })?;
+    tracing::debug!(layers = layers.len(), elapsed = ?started.elapsed(), "copied the layers of {name}");
     Ok(())
 }
 

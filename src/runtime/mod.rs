@@ -31,7 +31,7 @@ pub mod state;
 pub mod stdio;
 
 pub use launch::{launch, LaunchError, LaunchOptions};
-pub use plan::{BindMount, Limits, Network, PlannedContainer, PodPlan, Probe, ProbeAction, Role, RootfsSource};
+pub use plan::{BindMount, ImageVolume, Limits, Network, PlannedContainer, PodPlan, Probe, ProbeAction, Role, RootfsSource};
 pub use state::PodDir;
 
 /// An error and its causes on one line (`a: b: c`), for log lines; errors

@@ -39,6 +39,21 @@ pub struct PodPlan {
     /// Most tasks in the whole pod (its cgroup's pids.max).
     #[serde(default)]
     pub pids_limit: Option<u64>,
+    /// Image trees the pod process prepares before any container starts;
+    /// containers bind-mount them (read-only) through their `mounts`.
+    #[serde(default)]
+    pub image_volumes: Vec<ImageVolume>,
+}
+
+/// An image's file tree as a volume: prepared at `path` from `tree` the way
+/// a root filesystem is (an overlay of the cached layers, or a copy).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageVolume {
+    /// The volume's name in the pod (for messages).
+    pub name: String,
+    pub tree: RootfsSource,
+    /// Where the tree appears in the pod's mount namespace.
+    pub path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -221,12 +236,7 @@ impl PodPlan {
 
 /// A DNS label (RFC 1123), as Kubernetes requires for names.
 pub fn check_label(s: &str) -> Result<(), PlanError> {
-    let ok = !s.is_empty()
-        && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !s.starts_with('-')
-        && !s.ends_with('-');
-    if ok { Ok(()) } else { Err(PlanError::BadName(s.to_string())) }
+    if pod::is_dns_label(s) { Ok(()) } else { Err(PlanError::BadName(s.to_string())) }
 }
 
 #[cfg(test)]
@@ -258,6 +268,7 @@ mod tests {
             extra_hosts: vec![],
             grace: Duration::from_secs(5),
             quiet_sidecars: false,
+            image_volumes: vec![],
             pids_limit: None,
         }
     }
