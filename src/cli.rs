@@ -142,7 +142,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
 
 /// One line on stderr: `berth: outer context: inner cause`.
 pub fn report(err: &anyhow::Error) {
-    eprintln!("berth: {err:#}");
+    exit::report(err);
 }
 
 /// Logs go to stderr, always: stdout belongs to the container.

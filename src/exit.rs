@@ -10,6 +10,11 @@ pub const CANNOT_EXEC: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
 
+/// Reports a failure as berth's one line on stderr (`berth: a: b: c`).
+pub fn report(err: &anyhow::Error) {
+    eprintln!("berth: {err:#}");
+}
+
 /// Converts a `waitpid` outcome into a shell-style exit status: the code
 /// itself, or 128+N for a process killed by signal N.
 pub fn from_wait(status: nix::sys::wait::WaitStatus) -> Option<u8> {

@@ -34,7 +34,7 @@ pub fn run(g: &Global, a: InternalArgs) -> anyhow::Result<u8> {
                 // The pod process reports its own failure: berth passes the
                 // status (125, 126, 127 or 128+N) through unchanged.
                 let code = e.exit_code();
-                crate::cli::report(&anyhow::Error::new(e));
+                crate::exit::report(&anyhow::Error::new(e));
                 Ok(code)
             }
         },

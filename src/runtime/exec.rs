@@ -10,13 +10,13 @@
 use std::collections::HashMap;
 use std::fs::File;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::container::{self, ContainerError};
+use super::event_loop::EventLoop;
 use super::launch::{wait_forwarding, LaunchError};
 use super::pty::{ConsoleSocket, PtyError, RawMode, Relay};
 use super::signals::{self, Signals};
@@ -100,7 +100,7 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
                     .and_then(|pid| Ok(wait_forwarding(pid, &set, false)?))
             };
             let code = code.unwrap_or_else(|e| {
-                crate::cli::report(&anyhow::Error::new(e));
+                crate::exit::report(&anyhow::Error::new(e));
                 crate::exit::PROVISION
             });
             std::process::exit(code.into());
@@ -138,7 +138,7 @@ fn relay_tty(dir: &PodDir, name: &str, state_root: &std::path::Path, cmd: Vec<St
     let console = ConsoleSocket::bind(&dir.dir.join(format!("exec-{me}.sock")))?;
     let process_file = dir.dir.join(format!("exec-{me}.json"));
     let pid = signals.unblocked(|| container::exec_tty(name, state_root, cmd, console.path(), &process_file))?;
-    let mut relay = match console.receive().and_then(|m| Relay::new(m).map_err(PtyError::Receive)) {
+    let relay = match console.receive().and_then(|m| Relay::new(m).map_err(PtyError::Receive)) {
         Ok(r) => r,
         Err(e) => {
             let _ = kill(pid, Signal::SIGKILL);
@@ -146,35 +146,16 @@ fn relay_tty(dir: &PodDir, name: &str, state_root: &std::path::Path, cmd: Vec<St
             return Err(e.into());
         }
     };
+    let mut events = EventLoop::new();
+    let tty = events.add(Box::new(relay));
     loop {
-        let (input, master) = {
-            let interest = relay.interest();
-            let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
-            let mut at = (None, None);
-            if let Some(fd) = interest.input {
-                at.0 = Some(fds.len());
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
-            if let Some((fd, flags)) = interest.master {
-                at.1 = Some(fds.len());
-                fds.push(PollFd::new(fd, flags));
-            }
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(ExecError::Poll(e)),
-            }
-            let fired = |k: usize| fds[k].revents().is_some_and(|r| !r.is_empty());
-            (at.0.is_some_and(fired), at.1.is_some_and(fired))
-        };
-        relay.ready(input, master);
-        for sig in signals.drain() {
+        // The relay resizes itself on SIGWINCH.
+        for sig in events.turn(Some(signals), None).map_err(ExecError::Poll)? {
             if sig == Signal::SIGCHLD {
                 if let Some(code) = exited(pid)? {
-                    relay.drain();
+                    events.finish(tty);
                     return Ok(code);
                 }
-            } else if sig == Signal::SIGWINCH {
-                relay.resize();
             } else if signals::FORWARDED.contains(&sig) {
                 let _ = kill(pid, sig);
             }

@@ -19,6 +19,7 @@
 pub mod cgroup;
 pub mod cleanup;
 pub mod container;
+pub mod event_loop;
 pub mod exec;
 pub mod launch;
 pub mod net;

@@ -4,8 +4,9 @@
 //! [`super::launch`]), makes the namespaces every container shares (mount,
 //! cgroup, network, IPC, UTS), and drives libcontainer as uid 0 of the user
 //! namespace: init containers in order, then sidecars, readiness probes and
-//! the main container with berth's own stdio. A single-threaded loop over a
-//! signalfd and the sidecar pipes waits for the main container to end, then
+//! the main container with berth's own stdio. A single-threaded
+//! [`super::event_loop`] over a signalfd, the sidecar pipes and the terminal
+//! relay waits for the main container to end, then
 //! tears the pod down and exits with the main container's status. If it dies
 //! (berth was SIGKILLed: parent-death signal), the kernel kills every process
 //! of its PID namespace, and its mounts vanish with its mount namespace.
@@ -19,12 +20,12 @@ use std::time::{Duration, Instant};
 
 use libcontainer::container::Container;
 use nix::mount::{mount, MsFlags};
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use super::container::{self, CommandProblem, ContainerError, PodContext};
+use super::event_loop::{EventLoop, SourceId};
 use super::plan::{Network, PodPlan, ProbeAction, Role};
 use super::signals::{self, Signals};
 use super::state::{Phase, PodDir, StateError, Status};
@@ -93,9 +94,10 @@ struct Pod {
     dir: PodDir,
     plan: PodPlan,
     signals: Signals,
-    pumps: Vec<LogPump>,
-    /// The main container's terminal (`-t`).
-    relay: Option<Relay>,
+    /// The sidecars' log pumps and the main container's terminal relay.
+    events: EventLoop,
+    /// The main container's terminal (`-t`) in `events`.
+    tty: Option<SourceId>,
     members: Vec<Member>,
     /// Exit statuses of other children (probe execs) by pid.
     others: HashMap<Pid, u8>,
@@ -125,7 +127,7 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
         .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0, seccomp: None })
         .collect();
     let state_root = dir.containers_root();
-    let mut pod = Pod { dir, plan, signals, pumps: Vec::new(), relay: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root, own_cgroup: false };
+    let mut pod = Pod { dir, plan, signals, events: EventLoop::new(), tty: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root, own_cgroup: false };
     pod.write_status(Phase::Starting, None);
     let outcome = pod.setup().and_then(|()| pod.run_containers());
     pod.teardown();
@@ -259,8 +261,8 @@ impl Pod {
         super::stdio::release_stdin_stdout();
         loop {
             if let Some(code) = self.members[main].exit {
-                if let Some(mut relay) = self.relay.take() {
-                    relay.drain();
+                if let Some(tty) = self.tty.take() {
+                    self.events.finish(tty);
                 }
                 return Ok(code);
             }
@@ -295,7 +297,7 @@ impl Pod {
             let echo = !self.plan.quiet_sidecars;
             let (pump, stdio) = LogPump::new(&name, &self.dir.log_path(&name), echo)
                 .map_err(|source| ContainerError::Io { name: name.clone(), source })?;
-            self.pumps.push(pump);
+            self.events.add(Box::new(pump));
             Some(stdio)
         };
         let console = if self.members[i].role == Role::Main && self.plan.containers[i].tty {
@@ -317,7 +319,7 @@ impl Pod {
                 .receive()
                 .and_then(|master| Relay::new(master).map_err(super::pty::PtyError::Receive));
             match relay {
-                Ok(r) => self.relay = Some(r),
+                Ok(r) => self.tty = Some(self.events.add(Box::new(r))),
                 Err(source) => {
                     if let Some(pid) = pid {
                         let _ = kill(pid, Signal::SIGKILL);
@@ -437,59 +439,14 @@ impl Pod {
         }
     }
 
-    /// One turn of the event loop: waits for a signal, sidecar output or the
-    /// timeout, and handles what came.
+    /// One turn of the event loop: waits for a signal, sidecar output, the
+    /// terminal or the timeout, and handles what came.
     fn step(&mut self, timeout: Option<Duration>) -> Result<(), PodError> {
-        let timeout = match timeout {
-            None => PollTimeout::NONE,
-            Some(d) => PollTimeout::try_from(d.as_millis().clamp(1, i32::MAX as u128) as i32).unwrap_or(PollTimeout::MAX),
-        };
-        let (ready, tty_ready) = {
-            let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
-            let open: Vec<usize> = (0..self.pumps.len()).filter(|&i| self.pumps[i].is_open()).collect();
-            for &i in &open {
-                if let Some(fd) = self.pumps[i].fd() {
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                }
-            }
-            // The terminal's fds come last: (input, master) positions.
-            let mut tty_at = (None, None);
-            if let Some(interest) = self.relay.as_ref().map(Relay::interest) {
-                if let Some(fd) = interest.input {
-                    tty_at.0 = Some(fds.len());
-                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
-                }
-                if let Some((fd, flags)) = interest.master {
-                    tty_at.1 = Some(fds.len());
-                    fds.push(PollFd::new(fd, flags));
-                }
-            }
-            match nix::poll::poll(&mut fds, timeout) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(setup_err("poll")(e)),
-            }
-            let fired = |k: usize| fds[k].revents().is_some_and(|r| !r.is_empty());
-            let mut ready = vec![false; self.pumps.len()];
-            for (k, &i) in open.iter().enumerate() {
-                ready[i] = fired(k + 1);
-            }
-            (ready, (tty_at.0.is_some_and(fired), tty_at.1.is_some_and(fired)))
-        };
-        for (i, r) in ready.into_iter().enumerate() {
-            if r {
-                self.pumps[i].pump();
-            }
-        }
-        if let Some(relay) = &mut self.relay {
-            relay.ready(tty_ready.0, tty_ready.1);
-        }
-        for sig in self.signals.drain() {
+        // The relay resizes itself on SIGWINCH.
+        let drained = self.events.turn(Some(&self.signals), timeout).map_err(setup_err("poll"))?;
+        for sig in drained {
             if sig == Signal::SIGCHLD {
                 self.reap();
-            } else if sig == Signal::SIGWINCH {
-                if let Some(relay) = &self.relay {
-                    relay.resize();
-                }
             } else if signals::FORWARDED.contains(&sig) {
                 match self.members.iter().find(|m| m.role == Role::Main && m.running()).and_then(|m| m.pid) {
                     Some(pid) => {
@@ -570,9 +527,7 @@ impl Pod {
             }
         }
         // Output still in the pipes (the writers are gone: EOF ends each).
-        for p in &mut self.pumps {
-            p.pump();
-        }
+        self.events.finish_all();
     }
 
     fn peak_memory(&self) -> Option<u64> {
