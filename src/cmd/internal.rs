@@ -28,7 +28,7 @@ pub enum Internal {
 
 pub fn run(g: &Global, a: InternalArgs) -> anyhow::Result<u8> {
     match a.what {
-        Internal::Pod { state_dir } => match runtime::podinit::run(&state_dir) {
+        Internal::Pod { state_dir } => match runtime::pod::run(&state_dir) {
             Ok(code) => Ok(code),
             Err(e) => {
                 // The pod process reports its own failure: berth passes the

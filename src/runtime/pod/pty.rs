@@ -5,9 +5,10 @@
 //! devpts) and sends the master over a unix socket ([`ConsoleSocket`],
 //! `SCM_RIGHTS`). A [`Relay`] then copies berth's stdin to the master and the
 //! master to berth's stdout, as a source of the caller's single-threaded
-//! [`super::event_loop`]. berth itself puts its terminal in raw mode ([`RawMode`]) so that
-//! keys like ^C reach the container's line discipline, and restores it when
-//! the pod process or exec helper ends, whatever the reason.
+//! [`crate::runtime::event_loop`]. berth itself puts its terminal in raw
+//! mode ([`RawMode`]) so that keys like ^C reach the container's line
+//! discipline, and restores it when the pod process or exec helper ends,
+//! whatever the reason.
 //!
 //! berth's stdin and stdout are never made non-blocking: their open file
 //! descriptions are shared with the user's shell. The master is ours and is.
@@ -24,7 +25,7 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
 
-use super::event_loop::EventSource;
+use crate::runtime::event_loop::EventSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PtyError {

@@ -11,7 +11,7 @@ use std::path::Path;
 use nix::fcntl::OFlag;
 use nix::poll::PollFlags;
 
-use super::event_loop::EventSource;
+use crate::runtime::event_loop::EventSource;
 
 /// The container's ends: stdin (/dev/null), stdout and stderr (one pipe).
 pub struct ContainerStdio {

@@ -5,7 +5,7 @@
 //! /proc live) and then does a libcontainer tenant exec, which joins the
 //! container's own namespaces. stdio is passed through untouched, or with
 //! `-t` relayed through a pseudo-terminal by the forked helper (see
-//! [`super::pty`]).
+//! [`crate::runtime::pod::pty`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -15,12 +15,13 @@ use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::container::{self, ContainerError};
-use super::event_loop::EventLoop;
+use crate::runtime::event_loop::EventLoop;
+use crate::runtime::pod::container::{self, ContainerError};
+use crate::runtime::pod::pty::{ConsoleSocket, PtyError, RawMode, Relay};
+use crate::runtime::signals::{self, Signals};
+use crate::runtime::state::{PodDir, StateError};
+
 use super::launch::{wait_forwarding, LaunchError};
-use super::pty::{ConsoleSocket, PtyError, RawMode, Relay};
-use super::signals::{self, Signals};
-use super::state::{PodDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -47,7 +48,7 @@ pub enum ExecError {
 /// exit status. The caller must be single-threaded.
 pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8, ExecError> {
     let pod = dir.name();
-    if let Err(e) = super::stdio::avoid_readonly_dev_null() {
+    if let Err(e) = crate::runtime::pod::stdio::avoid_readonly_dev_null() {
         tracing::warn!("checking stdio for /dev/null: {e}");
     }
     if !dir.is_live() {
@@ -78,7 +79,7 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
     nix::unistd::chdir("/").map_err(|e| join_err(e.into()))?;
 
     let signals = Signals::install().map_err(|e| join_err(e.into()))?;
-    let set = super::signals::handled_set();
+    let set = crate::runtime::signals::handled_set();
     // The pod's /proc (in its mount namespace) only shows processes of its
     // PID namespace, and libcontainer reads /proc/self: only a child made
     // after setns(CLONE_NEWPID) is in it.
