@@ -16,8 +16,8 @@
 //! Shared by both: [`plan`] (the validated plain-data input), [`state`] (the
 //! state directory, where the sides meet), [`signals`] and [`event_loop`]
 //! (the single-threaded poll loop of the pod process and the `exec -t`
-//! helper). [`host`]: [`launch`](host::launch), [`cgroup`], [`cleanup`],
-//! [`exec`](host::exec).
+//! helper). [`host`]: [`host::launch`], [`cgroup`], [`cleanup`],
+//! [`host::exec`].
 //! [`pod`]: the pod process and [`container`], [`stdio`], [`pty`],
 //! [`seccomp`], [`net`].
 

@@ -1,15 +1,16 @@
 //! The pod process: `berth __internal pod STATE_DIR`.
 //!
 //! It starts as PID 1 of a fresh user + PID namespace (made by
-//! [`crate::runtime::launch`]), makes the namespaces every container shares
-//! (mount, cgroup, network, IPC, UTS), and drives libcontainer as uid 0 of
-//! the user namespace: init containers in order, then sidecars, readiness
-//! probes and the main container with berth's own stdio. A single-threaded
-//! [`crate::runtime::event_loop`] over a signalfd, the sidecar pipes and the
-//! terminal relay waits for the main container to end, then tears the pod
-//! down and exits with the main container's status. If it dies (berth was
-//! SIGKILLed: parent-death signal), the kernel kills every process of its
-//! PID namespace, and its mounts vanish with its mount namespace.
+//! [`crate::runtime::host::launch`]), makes the namespaces every container
+//! shares (mount, cgroup, network, IPC, UTS), and drives libcontainer as uid
+//! 0 of the user namespace: init containers in order, then sidecars,
+//! readiness probes and the main container with berth's own stdio. A
+//! single-threaded [`crate::runtime::event_loop`] over a signalfd, the
+//! sidecar pipes and the terminal relay waits for the main container to end,
+//! then tears the pod down and exits with the main container's status. If it
+//! dies (berth was SIGKILLed: parent-death signal), the kernel kills every
+//! process of its PID namespace, and its mounts vanish with its mount
+//! namespace.
 //!
 //! Here: [`run`], the `Pod` state and its event-loop turn. By concern:
 //! `setup` (namespaces, mounts, /etc files), `start` (bundles, start order,

@@ -16,6 +16,8 @@ use crate::runtime::plan::Role;
 use crate::runtime::state::Phase;
 
 impl Pod {
+    /// Prepares every bundle, starts the members in order and returns the
+    /// main container's exit status.
     pub(super) fn run_containers(&mut self) -> Result<u8, PodError> {
         let single_id = super::setup::single_gid_mapped();
         let hosts = self.dir.etc("hosts");
