@@ -10,6 +10,7 @@ pub const CANNOT_EXEC: u8 = 126;
 /// The command was not found.
 pub const NOT_FOUND: u8 = 127;
 
+
 /// Converts a `waitpid` outcome into a shell-style exit status: the code
 /// itself, or 128+N for a process killed by signal N.
 pub fn from_wait(status: nix::sys::wait::WaitStatus) -> Option<u8> {

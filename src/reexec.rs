@@ -20,7 +20,7 @@ const MARKER: &str = "__internal";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Entry {
     /// The pod process: PID 1 of the pod's user and PID namespaces
-    /// ([`crate::runtime::podinit`]).
+    /// ([`crate::runtime::pod`]).
     Pod { state_dir: PathBuf },
     /// Unpack layers into the cache, or collect unused ones, inside the user
     /// namespace the pods use ([`crate::provision`]).
@@ -87,7 +87,7 @@ impl Entry {
         let outcome = match self {
             // The pod process reports its own failure: berth passes the
             // status (125, 126, 127 or 128+N) through unchanged.
-            Entry::Pod { state_dir } => match crate::runtime::podinit::run(&state_dir) {
+            Entry::Pod { state_dir } => match crate::runtime::pod::run(&state_dir) {
                 Ok(code) => return code,
                 Err(e) => {
                     crate::exit::report(&e);

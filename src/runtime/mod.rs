@@ -1,48 +1,41 @@
 //! Runs a pod of prepared OCI bundles with libcontainer inside one user
-//! namespace.
+//! namespace. Two sides, one contract between them:
 //!
 //! ```text
-//! berth (main thread, no tokio left)          launch::launch
-//!  └─ berth __internal pod STATE_DIR           podinit::run — PID 1 of a new user+PID
-//!     │                                        namespace; own mount, cgroup, net, IPC, UTS
-//!     ├─ init containers, in order            stdio: /dev/null + log pipe
-//!     ├─ sidecars                             stdio: /dev/null + log pipe
-//!     └─ main container                       berth's own fds 0/1/2
+//! host side: runtime::host                    pod side: runtime::pod
+//! berth (main thread, no tokio left)
+//!  launch::launch ── plan.json, owner.json ──▶ berth __internal pod STATE_DIR
+//!  (cgroup, signals, wait, cleanup)            pod::run — PID 1 of a new user+PID
+//!                                              namespace; own mount, cgroup, net, IPC, UTS
+//!                                              ├─ init containers, in order  (/dev/null + log pipe)
+//!                                              ├─ sidecars                   (/dev/null + log pipe)
+//!                                              └─ main container             (berth's fds 0/1/2)
+//!  exec::exec ── joins the pod's namespaces ─▶ a tenant exec in one container
 //! ```
 //!
-//! Modules: [`plan`] (the input), [`state`] (the state directory),
-//! [`launch`] (berth's side), [`cgroup`] (the pod's cgroup), [`podinit`] (the pod process), [`container`]
-//! (one container's spec and libcontainer calls), [`stdio`] (sidecar logs),
-//! [`signals`], [`net`], [`cleanup`], [`exec`] (`berth exec`), [`pty`] (`-t`),
-//! [`seccomp`] (filters compiled once, loaded by the container).
+//! Shared by both: [`plan`] (the validated plain-data input), [`state`] (the
+//! state directory, where the sides meet), [`signals`] and [`event_loop`]
+//! (the single-threaded poll loop of the pod process and the `exec -t`
+//! helper). [`host`]: [`host::launch`], [`cgroup`], [`cleanup`],
+//! [`host::exec`].
+//! [`pod`]: the pod process and [`container`], [`stdio`], [`pty`],
+//! [`seccomp`], [`net`].
 
-pub mod cgroup;
-pub mod cleanup;
-pub mod container;
-pub mod exec;
-pub mod launch;
-pub mod net;
+pub mod event_loop;
+pub mod host;
 pub mod plan;
-pub mod podinit;
-pub mod pty;
-pub mod seccomp;
+pub mod pod;
 pub mod signals;
 pub mod state;
-pub mod stdio;
 
-pub use launch::{launch, LaunchError, LaunchOptions};
+// The modules by their short names, as before the split into sides.
+pub use host::{cgroup, cleanup, exec, launch};
+pub use pod::{container, net, pty, seccomp, stdio};
+
+pub use host::launch::{launch, LaunchError, LaunchOptions};
 pub use plan::{BindMount, ImageVolume, Limits, Network, PlannedContainer, PodPlan, Probe, ProbeAction, Role, RootfsSource};
 pub use state::PodDir;
 
-/// An error and its causes on one line (`a: b: c`), for log lines; errors
-/// here keep causes out of their own message, as `anyhow`'s `{:#}` expects.
-pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}
+/// An error and its causes on one line, for log lines; errors here keep
+/// causes out of their own message, as `anyhow`'s `{:#}` expects.
+pub use crate::exit::chain as error_chain;

@@ -14,16 +14,16 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::cgroup::{self, PodCgroup};
-use super::signals;
-use super::state::{self, Owner, PodDir, StateError};
-use super::PodPlan;
 use crate::reexec::Entry;
+use crate::runtime::signals;
+use crate::runtime::state::{self, Owner, PodDir, StateError};
+use crate::runtime::PodPlan;
 use crate::userns::{IdMapping, SpawnOptions, UsernsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
     #[error("invalid pod plan")]
-    Plan(#[from] super::plan::PlanError),
+    Plan(#[from] crate::runtime::plan::PlanError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error("starting the pod process")]
@@ -62,7 +62,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     // With a terminal, berth's own is raw while the pod runs (restored on
     // drop, whatever ends the pod); the pod process copies to and from it.
     let tty = plan.main().tty;
-    let raw = if tty { super::pty::RawMode::stdin() } else { None };
+    let raw = if tty { crate::runtime::pod::pty::RawMode::stdin() } else { None };
     let cgroup = pod_cgroup(plan, dir);
     let result = run_pod_process(dir, opts, &set, tty, cgroup.as_ref());
     drop(raw);
@@ -74,7 +74,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, opts: &LaunchOptions<'_>) -> Result<
     let _ = nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
     if !opts.keep_state {
         if let Err(e) = dir.remove() {
-            tracing::warn!("removing pod state {}: {}", dir.dir.display(), super::error_chain(&e));
+            tracing::warn!("removing pod state {}: {}", dir.dir.display(), crate::runtime::error_chain(&e));
         }
     }
     result
@@ -88,11 +88,11 @@ fn pod_cgroup(plan: &PodPlan, dir: &PodDir) -> Option<PodCgroup> {
     let cg = match PodCgroup::create(&plan.name, plan.pids_limit) {
         Ok(cg) => cg,
         Err(e) if wants_limits => {
-            tracing::warn!("resource limits are not applied: {}", super::error_chain(&e));
+            tracing::warn!("resource limits are not applied: {}", crate::runtime::error_chain(&e));
             return None;
         }
         Err(e) => {
-            tracing::debug!("the pod gets no cgroup of its own: {}", super::error_chain(&e));
+            tracing::debug!("the pod gets no cgroup of its own: {}", crate::runtime::error_chain(&e));
             return None;
         }
     };
@@ -103,7 +103,7 @@ fn pod_cgroup(plan: &PodPlan, dir: &PodDir) -> Option<PodCgroup> {
         }
     }
     if let Err(e) = dir.write_cgroup(&cg) {
-        tracing::warn!("recording the pod's cgroup: {}; running without it", super::error_chain(&e));
+        tracing::warn!("recording the pod's cgroup: {}; running without it", crate::runtime::error_chain(&e));
         let _ = cg.remove();
         return None;
     }
@@ -132,7 +132,7 @@ fn run_pod_process(
         pod_pid: pid.as_raw(),
         created: state::now_unix(),
     })?;
-    super::stdio::release_stdin_stdout();
+    crate::runtime::pod::stdio::release_stdin_stdout();
     wait_forwarding(pid, set, tty)
 }
 

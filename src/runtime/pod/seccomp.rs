@@ -338,7 +338,7 @@ impl Filters {
         let cached = match path.as_deref().map(Filter::read) {
             Some(Ok(f)) => f,
             Some(Err(e)) => {
-                tracing::debug!("ignoring cached seccomp program: {}", super::error_chain(&e));
+                tracing::debug!("ignoring cached seccomp program: {}", crate::runtime::error_chain(&e));
                 None
             }
             None => None,
@@ -354,7 +354,7 @@ impl Filters {
                         .map_err(|source| SeccompError::Io { path: dir.clone(), source })
                         .and_then(|()| f.write(path));
                     if let Err(e) = kept {
-                        tracing::debug!("not caching the seccomp program: {}", super::error_chain(&e));
+                        tracing::debug!("not caching the seccomp program: {}", crate::runtime::error_chain(&e));
                     }
                 }
                 f

@@ -4,10 +4,11 @@
 //! libcontainer creates the pty pair inside the container (from its own
 //! devpts) and sends the master over a unix socket ([`ConsoleSocket`],
 //! `SCM_RIGHTS`). A [`Relay`] then copies berth's stdin to the master and the
-//! master to berth's stdout, driven by the caller's single-threaded poll
-//! loop. berth itself puts its terminal in raw mode ([`RawMode`]) so that
-//! keys like ^C reach the container's line discipline, and restores it when
-//! the pod process or exec helper ends, whatever the reason.
+//! master to berth's stdout, as a source of the caller's single-threaded
+//! [`crate::runtime::event_loop`]. berth itself puts its terminal in raw
+//! mode ([`RawMode`]) so that keys like ^C reach the container's line
+//! discipline, and restores it when the pod process or exec helper ends,
+//! whatever the reason.
 //!
 //! berth's stdin and stdout are never made non-blocking: their open file
 //! descriptions are shared with the user's shell. The master is ours and is.
@@ -19,8 +20,12 @@ use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::PollFlags;
+use nix::sys::signal::Signal;
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
 use nix::sys::termios::{self, LocalFlags, SetArg, SpecialCharacterIndices, Termios};
+
+use crate::runtime::event_loop::EventSource;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PtyError {
@@ -126,12 +131,6 @@ pub struct Relay {
     master_open: bool,
 }
 
-/// Which of the relay's fds the poll loop watches.
-pub struct Interest<'a> {
-    pub input: Option<BorrowedFd<'a>>,
-    pub master: Option<(BorrowedFd<'a>, nix::poll::PollFlags)>,
-}
-
 impl Relay {
     /// A relay between this process's fds 0/1 (duplicated, so the caller may
     /// point 0/1 elsewhere) and `master`, which is made non-blocking and
@@ -154,33 +153,13 @@ impl Relay {
         }
     }
 
-    pub fn interest(&self) -> Interest<'_> {
-        use nix::poll::PollFlags;
-        let input = self.input.as_ref().filter(|_| self.master_open && self.pending.len() < PENDING_MAX).map(|f| f.as_fd());
-        let mut flags = PollFlags::empty();
-        if self.master_open {
-            flags |= PollFlags::POLLIN;
-            if !self.pending.is_empty() {
-                flags |= PollFlags::POLLOUT;
-            }
-        }
-        Interest { input, master: (!flags.is_empty()).then(|| (self.master.as_fd(), flags)) }
-    }
-
-    /// Handles readiness from the poll loop.
-    pub fn ready(&mut self, input: bool, master: bool) {
-        if input {
-            self.read_input();
-        }
-        if master {
-            self.read_master();
-            self.flush_pending();
-        }
+    fn input_wanted(&self) -> Option<BorrowedFd<'_>> {
+        self.input.as_ref().filter(|_| self.master_open && self.pending.len() < PENDING_MAX).map(|f| f.as_fd())
     }
 
     /// Copies what the container already wrote, once it has ended; the
     /// relay is done after this.
-    pub fn drain(&mut self) {
+    fn drain(&mut self) {
         // Bounded: a leftover background process may keep writing.
         for _ in 0..1024 {
             if !self.read_master_once() {
@@ -269,6 +248,48 @@ impl Relay {
                 }
             }
         }
+    }
+}
+
+/// Watches stdin (while there is room for input) and the master (for
+/// output, and for writing while input is pending); resizes on SIGWINCH.
+impl EventSource for Relay {
+    fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let mut fds = Vec::new();
+        if let Some(fd) = self.input_wanted() {
+            fds.push((fd, PollFlags::POLLIN));
+        }
+        if self.master_open {
+            let flags = if self.pending.is_empty() { PollFlags::POLLIN } else { PollFlags::POLLIN | PollFlags::POLLOUT };
+            fds.push((self.master.as_fd(), flags));
+        }
+        fds
+    }
+
+    fn ready(&mut self, fired: &[(RawFd, PollFlags)]) {
+        let fired = |fd: Option<RawFd>| fd.is_some_and(|fd| fired.iter().any(|(f, _)| *f == fd));
+        if fired(self.input.as_ref().map(|f| f.as_raw_fd())) {
+            self.read_input();
+        }
+        if fired(Some(self.master.as_raw_fd())) {
+            self.read_master();
+            self.flush_pending();
+        }
+    }
+
+    /// Every slave is closed: nothing more can come through.
+    fn done(&self) -> bool {
+        !self.master_open
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        if sig == Signal::SIGWINCH {
+            self.resize();
+        }
+    }
+
+    fn finish(&mut self) {
+        self.drain();
     }
 }
 

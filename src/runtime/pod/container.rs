@@ -14,7 +14,7 @@ use libcontainer::syscall::syscall::SyscallType;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxNamespaceType, Mount, MountBuilder, RootBuilder, Spec};
 
-use super::plan::{BindMount, Network, PlannedContainer, RootfsSource};
+use crate::runtime::plan::{BindMount, Network, PlannedContainer, RootfsSource};
 use super::seccomp::{Filter, SeccompExecutor};
 use super::stdio::ContainerStdio;
 
@@ -467,7 +467,7 @@ pub fn exec_tty(
 /// A tenant process loads the container's seccomp program, as its init did.
 fn tenant_executor(name: &str, bundle: &Path, spec: &Spec) -> Result<SeccompExecutor, ContainerError> {
     let filter = super::seccomp::from_bundle(bundle, spec)
-        .map_err(|e| ContainerError::Invalid { name: name.to_string(), what: super::error_chain(&e) })?;
+        .map_err(|e| ContainerError::Invalid { name: name.to_string(), what: crate::runtime::error_chain(&e) })?;
     Ok(SeccompExecutor { filter: filter.map(Arc::new) })
 }
 

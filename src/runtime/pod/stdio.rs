@@ -5,10 +5,13 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::Path;
 
 use nix::fcntl::OFlag;
+use nix::poll::PollFlags;
+
+use crate::runtime::event_loop::EventSource;
 
 /// The container's ends: stdin (/dev/null), stdout and stderr (one pipe).
 pub struct ContainerStdio {
@@ -42,17 +45,8 @@ impl LogPump {
         ))
     }
 
-    /// The read end while the pipe is open.
-    pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.read.as_ref().map(|f| f.as_fd())
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.read.is_some()
-    }
-
     /// Copies what is available; closes the pipe at EOF.
-    pub fn pump(&mut self) {
+    fn pump(&mut self) {
         let Some(fd) = self.read.as_ref().map(|f| f.as_raw_fd()) else { return };
         let mut buf = [0u8; 16384];
         loop {
@@ -106,6 +100,27 @@ impl LogPump {
             out.push(b'\n');
             let _ = io::stderr().write_all(&out);
         }
+    }
+}
+
+/// Copied when the pipe is readable; done at EOF.
+impl EventSource for LogPump {
+    fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        self.read.iter().map(|f| (f.as_fd(), PollFlags::POLLIN)).collect()
+    }
+
+    fn ready(&mut self, _fired: &[(RawFd, PollFlags)]) {
+        self.pump();
+    }
+
+    fn done(&self) -> bool {
+        self.read.is_none()
+    }
+
+    /// The container has ended: what is still in the pipe (the writers are
+    /// gone, so EOF ends it).
+    fn finish(&mut self) {
+        self.pump();
     }
 }
 

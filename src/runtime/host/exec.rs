@@ -5,22 +5,23 @@
 //! /proc live) and then does a libcontainer tenant exec, which joins the
 //! container's own namespaces. stdio is passed through untouched, or with
 //! `-t` relayed through a pseudo-terminal by the forked helper (see
-//! [`super::pty`]).
+//! [`crate::runtime::pod::pty`]).
 
 use std::collections::HashMap;
 use std::fs::File;
 
-use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sched::{setns, CloneFlags};
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
-use super::container::{self, ContainerError};
+use crate::runtime::event_loop::EventLoop;
+use crate::runtime::pod::container::{self, ContainerError};
+use crate::runtime::pod::pty::{ConsoleSocket, PtyError, RawMode, Relay};
+use crate::runtime::signals::{self, Signals};
+use crate::runtime::state::{PodDir, StateError};
+
 use super::launch::{wait_forwarding, LaunchError};
-use super::pty::{ConsoleSocket, PtyError, RawMode, Relay};
-use super::signals::{self, Signals};
-use super::state::{PodDir, StateError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
@@ -47,7 +48,7 @@ pub enum ExecError {
 /// exit status. The caller must be single-threaded.
 pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8, ExecError> {
     let pod = dir.name();
-    if let Err(e) = super::stdio::avoid_readonly_dev_null() {
+    if let Err(e) = crate::runtime::pod::stdio::avoid_readonly_dev_null() {
         tracing::warn!("checking stdio for /dev/null: {e}");
     }
     if !dir.is_live() {
@@ -78,7 +79,7 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
     nix::unistd::chdir("/").map_err(|e| join_err(e.into()))?;
 
     let signals = Signals::install().map_err(|e| join_err(e.into()))?;
-    let set = super::signals::handled_set();
+    let set = crate::runtime::signals::handled_set();
     // The pod's /proc (in its mount namespace) only shows processes of its
     // PID namespace, and libcontainer reads /proc/self: only a child made
     // after setns(CLONE_NEWPID) is in it.
@@ -138,7 +139,7 @@ fn relay_tty(dir: &PodDir, name: &str, state_root: &std::path::Path, cmd: Vec<St
     let console = ConsoleSocket::bind(&dir.dir.join(format!("exec-{me}.sock")))?;
     let process_file = dir.dir.join(format!("exec-{me}.json"));
     let pid = signals.unblocked(|| container::exec_tty(name, state_root, cmd, console.path(), &process_file))?;
-    let mut relay = match console.receive().and_then(|m| Relay::new(m).map_err(PtyError::Receive)) {
+    let relay = match console.receive().and_then(|m| Relay::new(m).map_err(PtyError::Receive)) {
         Ok(r) => r,
         Err(e) => {
             let _ = kill(pid, Signal::SIGKILL);
@@ -146,35 +147,16 @@ fn relay_tty(dir: &PodDir, name: &str, state_root: &std::path::Path, cmd: Vec<St
             return Err(e.into());
         }
     };
+    let mut events = EventLoop::new();
+    let tty = events.add(Box::new(relay));
     loop {
-        let (input, master) = {
-            let interest = relay.interest();
-            let mut fds = vec![PollFd::new(signals.fd(), PollFlags::POLLIN)];
-            let mut at = (None, None);
-            if let Some(fd) = interest.input {
-                at.0 = Some(fds.len());
-                fds.push(PollFd::new(fd, PollFlags::POLLIN));
-            }
-            if let Some((fd, flags)) = interest.master {
-                at.1 = Some(fds.len());
-                fds.push(PollFd::new(fd, flags));
-            }
-            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
-                Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(ExecError::Poll(e)),
-            }
-            let fired = |k: usize| fds[k].revents().is_some_and(|r| !r.is_empty());
-            (at.0.is_some_and(fired), at.1.is_some_and(fired))
-        };
-        relay.ready(input, master);
-        for sig in signals.drain() {
+        // The relay resizes itself on SIGWINCH.
+        for sig in events.turn(Some(signals), None).map_err(ExecError::Poll)? {
             if sig == Signal::SIGCHLD {
                 if let Some(code) = exited(pid)? {
-                    relay.drain();
+                    events.finish(tty);
                     return Ok(code);
                 }
-            } else if sig == Signal::SIGWINCH {
-                relay.resize();
             } else if signals::FORWARDED.contains(&sig) {
                 let _ = kill(pid, sig);
             }
