@@ -37,6 +37,10 @@ impl Pod {
         };
         // Every bundle first: a broken one fails before anything runs.
         // Each distinct seccomp profile is compiled once (see `seccomp`).
+        // Image volumes before the containers that bind-mount them.
+        for v in &self.plan.image_volumes {
+            container::prepare_tree(&v.name, &v.path, &v.tree, &v.path)?;
+        }
         let mut filters = Filters::new(self.dir.seccomp_cache());
         let mut bundles = Vec::new();
         for (i, c) in self.plan.containers.iter().enumerate() {
