@@ -2,15 +2,13 @@
 //! unprivileged test user: `--rootfs overlay|copy|auto`, the pod file's
 //! grace period, leftover cleanup by any command, peak memory.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// busybox-static plus a second layer with a file owned by uid 1000 and a
 /// setuid file; pulled by the test user.
@@ -172,23 +170,6 @@ fn start_until_ready(env: &Env, args: &[&str]) -> (Child, BufReader<std::process
     out.read_line(&mut line).unwrap();
     assert_eq!(line, "ready\n");
     (child, out)
-}
-
-/// The berth process `runuser` started (its child).
-fn berth_pid(runuser: &Child) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let rest = &stat[stat.rfind(')').unwrap() + 1..];
-            if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(runuser.id()) {
-                return pid;
-            }
-        }
-        assert!(Instant::now() < deadline, "berth did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
