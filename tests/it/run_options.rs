@@ -229,7 +229,7 @@ fn ps_and_verbose_run_report_peak_memory() {
 /// Not a timed test: the per-container cost of an overlay root against a
 /// copied one for the busybox image, `berth run IMAGE -- true` end to end
 /// and the root filesystem step alone (from the pod process's debug log).
-/// `cargo test --test run_options rootfs_cost -- --ignored --nocapture`
+/// `cargo test --test it run_options::rootfs_cost -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn rootfs_cost_overlay_vs_copy() {

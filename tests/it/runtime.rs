@@ -502,7 +502,7 @@ fn runtime_failed_init_or_readiness_is_a_provisioning_failure() {
 
 /// This host's cgroup v2 hierarchy has no controllers (hybrid layout): limits
 /// cannot be applied, which berth says once, and the pod still runs. (The
-/// delegated cgroup v2 case is tested in a guest: tests/vm_guest.rs.)
+/// delegated cgroup v2 case is tested in a guest: tests/it/vm_guest.rs.)
 #[test]
 fn runtime_limits_without_usable_cgroup_warn_once_and_run() {
     let env = Env::new();
