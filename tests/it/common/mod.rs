@@ -197,26 +197,23 @@ impl Registry {
         panic!("docker-registry did not come up; log:\n{}", self.log());
     }
 
+    /// Whether the registry answers `/v2/` within `limit` (false as soon as
+    /// the process exits).
     fn wait_ready(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return false;
-                }
+        let mut up = false;
+        wait_until(limit, || {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return true;
             }
-            let ok = block_on(async {
+            up = block_on(async {
                 match self.http.get(self.url("/v2/")).send().await {
                     Ok(r) => r.status().as_u16() == 200 || r.status().as_u16() == 401,
                     Err(_) => false,
                 }
             });
-            if ok {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+            up
+        });
+        up
     }
 
     /// `127.0.0.1:PORT`, the registry part of references.
