@@ -3,12 +3,13 @@
 //! a small HTTP pusher for test images.
 
 use std::io::Read;
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth::digest::Digest;
+
+use crate::common::{free_port, make_certs, wait_until};
 
 pub const USER: &str = "tester";
 pub const PASSWORD: &str = "s3cret-pw";
@@ -21,34 +22,6 @@ pub struct Registry {
     pub ca: Option<PathBuf>,
     pub tls: bool,
     pub auth: bool,
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// A CA and a server certificate for 127.0.0.1 signed by it.
-fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    let p = |n: &str| dir.join(n);
-    run(Command::new("openssl").args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .arg("-keyout").arg(p("ca.key")).arg("-out").arg(p("ca.crt"))
-        .args(["-days", "2", "-subj", "/CN=berth test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]));
-    run(Command::new("openssl").args(["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
-        .arg("-keyout").arg(p("server.key")).arg("-out").arg(p("server.csr")).args(["-subj", "/CN=127.0.0.1"]));
-    std::fs::write(
-        p("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    run(Command::new("openssl").args(["x509", "-req", "-days", "2"])
-        .arg("-in").arg(p("server.csr")).arg("-CA").arg(p("ca.crt")).arg("-CAkey").arg(p("ca.key"))
-        .arg("-CAcreateserial").arg("-out").arg(p("server.crt")).arg("-extfile").arg(p("ext.cnf")));
-    (p("ca.crt"), p("server.crt"), p("server.key"))
 }
 
 impl Registry {
@@ -71,7 +44,8 @@ impl Registry {
         );
         let mut ca = None;
         if tls {
-            let (ca_crt, crt, key) = make_certs(dir.path());
+            make_certs(dir.path());
+            let (ca_crt, crt, key) = (dir.path().join("ca.crt"), dir.path().join("server.crt"), dir.path().join("server.key"));
             config += &format!("  tls:\n    certificate: {}\n    key: {}\n", crt.display(), key.display());
             ca = Some(ca_crt);
         }
@@ -98,19 +72,15 @@ impl Registry {
     }
 
     fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
+        let listening = wait_until(Duration::from_secs(20), || {
             if let Ok(Some(status)) = self.child.try_wait() {
                 let mut log = String::new();
                 std::fs::File::open(self.dir.path().join("registry.log")).unwrap().read_to_string(&mut log).unwrap();
                 panic!("docker-registry exited ({status}): {log}");
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("docker-registry did not listen on {}", self.port);
+            std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+        });
+        assert!(listening, "docker-registry did not listen on {}", self.port);
     }
 
     pub fn host(&self) -> String {

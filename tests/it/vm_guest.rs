@@ -2,12 +2,10 @@
 //! emulation; see `common::vm`): what this hybrid-cgroup host cannot show.
 //! berth runs as the unprivileged guest user `u`, from an OCI layout.
 
-mod common;
-
 use std::time::Duration;
 
-use common::vm::Guest;
-use common::*;
+use crate::common::vm::Guest;
+use crate::common::*;
 
 /// The guest with a busybox image at `oci:/images/bb:v1`.
 fn guest() -> Option<(Guest, tempfile::TempDir)> {

@@ -18,8 +18,8 @@
 //!
 //! * [`vm::Guest`]: a QEMU guest with a cgroup v2 kernel, running berth.
 //!
-//! Every test binary includes this file (`mod common;`); not every test uses
-//! every helper.
+//! A module of the one test binary (`tests/it`); not every test uses every
+//! helper.
 #![allow(dead_code)]
 
 pub mod vm;
@@ -37,6 +37,19 @@ use sha2::{Digest as _, Sha256};
 
 /// The unprivileged user rootless tests run berth as.
 pub const TEST_USER: &str = "berthtest";
+
+/// [`TEST_USER`]'s uid and primary gid.
+pub fn test_user_ids() -> (u32, u32) {
+    let user = nix::unistd::User::from_name(TEST_USER).ok().flatten().expect("user berthtest (tests/run creates it)");
+    (user.uid.as_raw(), user.gid.as_raw())
+}
+
+/// Gives `path` and everything under it to [`TEST_USER`] (symbolic links
+/// themselves, never what they point at).
+pub fn chown_to_test_user(path: &Path) {
+    let (uid, gid) = test_user_ids();
+    run_ok(Command::new("chown").arg("-hR").arg(format!("{uid}:{gid}")).arg(path));
+}
 
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -78,11 +91,11 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(f)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
 }
 
-fn run_ok(cmd: &mut Command) -> Vec<u8> {
+pub fn run_ok(cmd: &mut Command) -> Vec<u8> {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     out.stdout
@@ -184,26 +197,23 @@ impl Registry {
         panic!("docker-registry did not come up; log:\n{}", self.log());
     }
 
+    /// Whether the registry answers `/v2/` within `limit` (false as soon as
+    /// the process exits).
     fn wait_ready(&mut self, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(_)) = c.try_wait() {
-                    return false;
-                }
+        let mut up = false;
+        wait_until(limit, || {
+            if let Some(Ok(Some(_))) = self.child.as_mut().map(Child::try_wait) {
+                return true;
             }
-            let ok = block_on(async {
+            up = block_on(async {
                 match self.http.get(self.url("/v2/")).send().await {
                     Ok(r) => r.status().as_u16() == 200 || r.status().as_u16() == 401,
                     Err(_) => false,
                 }
             });
-            if ok {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+            up
+        });
+        up
     }
 
     /// `127.0.0.1:PORT`, the registry part of references.
@@ -344,8 +354,9 @@ impl Drop for Registry {
     }
 }
 
-/// A CA and a server certificate for 127.0.0.1/localhost, with the openssl CLI.
-fn make_certs(dir: &Path) {
+/// A CA and a server certificate for 127.0.0.1/localhost, with the openssl
+/// CLI: `ca.crt`, `server.crt` and `server.key` in `dir`.
+pub fn make_certs(dir: &Path) {
     let p = |n: &str| dir.join(n).to_string_lossy().to_string();
     run_ok(Command::new("openssl").args([
         "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
@@ -853,8 +864,7 @@ impl Env {
     /// Needs root (tests run as root in CI).
     pub fn for_test_user() -> Env {
         let mut env = Env::new();
-        let user = nix::unistd::User::from_name(TEST_USER).ok().flatten().expect("user berthtest (tests/run creates it)");
-        env.owner = Some((user.uid.as_raw(), user.gid.as_raw()));
+        env.owner = Some(test_user_ids());
         env.chown();
         env
     }
@@ -1032,6 +1042,33 @@ pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// The name libtest knows a test of this binary by (`MODULE::NAME`, the
+/// crate left out), for tests that re-run the binary with `--exact NAME`.
+pub fn test_name(module_path: &str, name: &str) -> String {
+    let module = module_path.split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{name}")
+}
+
+/// The berth process `runuser` started (its child), once it exists.
+pub fn berth_pid(runuser: &Child) -> i32 {
+    let mut pid = None;
+    assert!(wait_until(Duration::from_secs(10), || { pid = child_of(runuser.id()); pid.is_some() }), "berth did not start");
+    pid.unwrap()
+}
+
+/// A process whose parent is `parent`, from /proc.
+fn child_of(parent: u32) -> Option<i32> {
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let rest = &stat[stat.rfind(')').unwrap() + 1..];
+        if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent) {
+            return Some(pid);
+        }
+    }
+    None
 }
 
 /// Sends SIGKILL to a child and reaps it.

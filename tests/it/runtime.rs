@@ -8,30 +8,17 @@ use std::fs;
 use std::io::{Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-const USER: &str = "berthtest";
+use crate::common::{berth_pid, chown_to_test_user, test_user_ids, wait_until, TEST_USER};
 
 /// A scratch area berthtest can use: the berth binary, bundles, run root.
 struct Env {
     dir: tempfile::TempDir,
     berth: PathBuf,
-}
-
-fn user_ids() -> (u32, u32) {
-    let out = Command::new("id").args(["-u", USER]).output().expect("id");
-    let uid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("berthtest exists");
-    let out = Command::new("id").args(["-g", USER]).output().expect("id");
-    let gid = String::from_utf8_lossy(&out.stdout).trim().parse().expect("gid");
-    (uid, gid)
-}
-
-fn chown_r(p: &Path) {
-    let st = Command::new("chown").args(["-R", &format!("{USER}:{USER}")]).arg(p).status().unwrap();
-    assert!(st.success());
 }
 
 impl Env {
@@ -43,7 +30,7 @@ impl Env {
         fs::set_permissions(&berth, fs::Permissions::from_mode(0o755)).unwrap();
         let run = dir.path().join("run");
         fs::create_dir(&run).unwrap();
-        chown_r(&run);
+        chown_to_test_user(&run);
         Env { dir, berth }
     }
 
@@ -75,7 +62,7 @@ impl Env {
         spec.set_process(Some(process));
         spec.set_root(Some(oci_spec::runtime::RootBuilder::default().path("rootfs").readonly(false).build().unwrap()));
         spec.save(b.join("config.json")).unwrap();
-        chown_r(&b);
+        chown_to_test_user(&b);
         b
     }
 
@@ -92,7 +79,7 @@ impl Env {
     /// `berth ARGS` as berthtest.
     fn berth(&self, args: &[&str]) -> Command {
         let mut c = Command::new("runuser");
-        c.args(["-u", USER, "--"])
+        c.args(["-u", TEST_USER, "--"])
             .arg(&self.berth)
             .env("BERTH_RUN_ROOT", self.path().join("run"))
             .env("BERTH_ROOT", self.path().join("store"))
@@ -117,24 +104,6 @@ impl Env {
     }
 }
 
-/// The berth process started by `runuser` (its child).
-fn berth_pid(runuser: &Child) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for e in fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let rest = &stat[stat.rfind(')').unwrap() + 1..];
-            let ppid: u32 = rest.split_whitespace().nth(1).unwrap().parse().unwrap();
-            if ppid == runuser.id() {
-                return pid;
-            }
-        }
-        assert!(Instant::now() < deadline, "berth did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Processes whose command line mentions `needle`.
 fn processes_with(needle: &str) -> Vec<(i32, String)> {
     let mut out = Vec::new();
@@ -150,14 +119,6 @@ fn processes_with(needle: &str) -> Vec<(i32, String)> {
         }
     }
     out
-}
-
-fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < end, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 #[test]
@@ -291,14 +252,16 @@ fn runtime_berth_sigkilled_leaves_no_process() {
     let mut out = child.stdout.take().unwrap();
     let mut line = [0u8; 6];
     out.read_exact(&mut line).unwrap();
-    wait_for("both sleeps", Duration::from_secs(10), || processes_with(&format!("sleep {token}")).len() >= 2);
+    let both = wait_until(Duration::from_secs(10), || processes_with(&format!("sleep {token}")).len() >= 2);
+    assert!(both, "timed out waiting for both sleeps");
     let pid = berth_pid(&child);
     assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
     let _ = child.wait();
     let needle = env.path().to_string_lossy().into_owned();
-    wait_for("the pod to vanish", Duration::from_secs(5), || {
+    let vanished = wait_until(Duration::from_secs(5), || {
         processes_with(&format!("sleep {token}")).is_empty() && processes_with(&needle).is_empty()
     });
+    assert!(vanished, "timed out waiting for the pod to vanish");
     // The next berth command removes the dead pod's state.
     let pods = env.path().join("run/pods");
     assert_eq!(fs::read_dir(&pods).unwrap().count(), 1);
@@ -347,7 +310,7 @@ fn runtime_sidecar_reachable_by_name_and_workspace_shared() {
     let ws = env.path().join("ws");
     fs::create_dir(&ws).unwrap();
     fs::write(ws.join("hello.txt"), "hello from the workspace\n").unwrap();
-    chown_r(&ws);
+    chown_to_test_user(&ws);
     let out = env
         .berth(&[
             "run",
@@ -372,7 +335,7 @@ fn runtime_sidecar_reachable_by_name_and_workspace_shared() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from the workspace\n");
     // Sidecar output goes to stderr with its name, never to stdout.
     assert!(err.contains("[web] "), "{err}");
-    let (uid, _) = user_ids();
+    let (uid, _) = test_user_ids();
     for f in ["got", "dir"] {
         assert_eq!(fs::metadata(ws.join(f)).unwrap().uid(), uid, "{f} belongs to the invoking user");
     }
@@ -399,10 +362,10 @@ fn runtime_container_is_isolated() {
     assert_eq!(lines[3], "no-mount");
     assert_eq!(lines[4], "writable");
     // Its root on the host is the invoking user.
-    let (uid, _) = user_ids();
+    let (uid, _) = test_user_ids();
     let ws = env.path().join("ws");
     fs::create_dir(&ws).unwrap();
-    chown_r(&ws);
+    chown_to_test_user(&ws);
     let out = env
         .berth(&["run", "--workspace", ws.to_str().unwrap(), "--bundle", b.to_str().unwrap(), "--", "touch", "/workspace/f"])
         .output()
@@ -444,10 +407,11 @@ fn runtime_ps_exec_logs_stop_rm() {
     let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
     assert!(ps.lines().any(|l| l.starts_with("pp\trunning\tside,main")), "{ps}");
 
-    wait_for("the sidecar's log", Duration::from_secs(5), || {
+    let logged = wait_until(Duration::from_secs(5), || {
         let out = env.berth(&["logs", "pp", "side"]).output().unwrap();
         String::from_utf8_lossy(&out.stdout) == "side-hello\n"
     });
+    assert!(logged, "timed out waiting for the sidecar's log");
 
     let ex = env.berth(&["exec", "pp", "main", "--", "sh", "-c", "hostname; cat /proc/1/cmdline; exit 5"]).output().unwrap();
     assert_eq!(ex.status.code(), Some(5), "{}", String::from_utf8_lossy(&ex.stderr));
@@ -538,7 +502,7 @@ fn runtime_failed_init_or_readiness_is_a_provisioning_failure() {
 
 /// This host's cgroup v2 hierarchy has no controllers (hybrid layout): limits
 /// cannot be applied, which berth says once, and the pod still runs. (The
-/// delegated cgroup v2 case is tested in a guest: tests/vm_guest.rs.)
+/// delegated cgroup v2 case is tested in a guest: tests/it/vm_guest.rs.)
 #[test]
 fn runtime_limits_without_usable_cgroup_warn_once_and_run() {
     let env = Env::new();

@@ -1,8 +1,6 @@
 //! `berth pull`, `images`, `rmi` and `gc` against a real `docker-registry`.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// A two-layer OCI image: busybox (gzip) and a zstd layer.
 fn small_image() -> Image {
@@ -323,7 +321,7 @@ fn rootless_pull_as_test_user() {
     assert!(listing.contains(&r), "{listing}");
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(&env.root).unwrap();
-    let uid = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap().uid.as_raw();
+    let uid = test_user_ids().0;
     assert_eq!(meta.uid(), uid);
     assert_eq!(meta.mode() & 0o777, 0o700);
     for l in &img.layers {

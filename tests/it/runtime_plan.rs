@@ -12,11 +12,7 @@ use std::time::Duration;
 
 use berth::runtime::{BindMount, Limits, Network, PlannedContainer, PodDir, PodPlan, Probe, ProbeAction, Role, RootfsSource};
 
-const USER: &str = "berthtest";
-
-fn chown_r(p: &Path) {
-    assert!(Command::new("chown").args(["-R", &format!("{USER}:{USER}")]).arg(p).status().unwrap().success());
-}
+use crate::common::{chown_to_test_user, TEST_USER};
 
 /// A busybox rootfs and a config.json from oci-spec's defaults.
 fn bundle(dir: &Path, args: &[&str]) -> PathBuf {
@@ -110,10 +106,10 @@ fn runtime_plan_overlay_exec_probe_shared_pid_and_mounts() {
     let run_root = t.path().join("run");
     let dir = PodDir::create(&run_root, "planned").unwrap();
     dir.write_plan(&plan).unwrap();
-    chown_r(t.path());
+    chown_to_test_user(t.path());
 
     let out = Command::new("runuser")
-        .args(["-u", USER, "--", "unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"])
+        .args(["-u", TEST_USER, "--", "unshare", "--user", "--map-root-user", "--pid", "--fork", "--kill-child"])
         .arg(&berth)
         .args(["__internal", "pod"])
         .arg(&dir.dir)

@@ -3,8 +3,6 @@
 //! terminal, as in an interactive shell), and the test plays the user at the
 //! master: it reads what appears on the screen, types, and resizes.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -12,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 fn setup() -> Served {
     let image = Image::new(vec![Layer::new(&busybox_tar_with(&["tty", "stty"]), Comp::Gzip, false)]);
@@ -74,14 +72,7 @@ impl Terminal {
 
     /// Waits up to 30 s for `text` on the screen.
     fn appears(&self, text: &str) -> bool {
-        let end = Instant::now() + Duration::from_secs(30);
-        while !self.screen().contains(text) {
-            if Instant::now() > end {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        true
+        wait_until(Duration::from_secs(30), || self.screen().contains(text))
     }
 
     fn type_text(&self, text: &str) {

@@ -1,12 +1,10 @@
 //! End to end, as the unprivileged test user: images pushed to a real
 //! registry, pulled, unpacked, bundled and run as a pod by berth alone.
 
-mod common;
-
 use std::io::Write;
 use std::process::Stdio;
 
-use common::*;
+use crate::common::*;
 
 /// busybox-static with the applets the pod tests use (httpd, wget, …),
 /// plus a second layer that owns a file as uid 1000 and a setuid file.
@@ -41,7 +39,7 @@ fn demo_pod_file_runs_with_init_sidecar_and_main() {
     // container's file is on the host, owned by the invoking user.
     let hello = ws.join("hello.txt");
     assert_eq!(std::fs::read_to_string(&hello).unwrap(), "hello from the init container\n");
-    let owner = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap().uid.as_raw();
+    let owner = test_user_ids().0;
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&hello).unwrap()), owner);
     // No state left behind.
     let pods = std::fs::read_dir(s.env.run_root.join("pods")).map(|d| d.count()).unwrap_or(0);
@@ -152,7 +150,7 @@ fn container_cannot_see_the_store_or_host() {
     let mut lines = run.stdout.lines();
     let procs: usize = lines.next().unwrap().trim().parse().unwrap();
     assert!(procs <= 3, "the container sees only its own processes, saw {procs}");
-    let uid = nix::unistd::User::from_name(TEST_USER).unwrap().unwrap().uid.as_raw();
+    let uid = test_user_ids().0;
     let map: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(map, ["0", &uid.to_string(), "1"], "uid 0 in the container is the invoking user");
 }

@@ -2,15 +2,13 @@
 //! unprivileged test user: `--rootfs overlay|copy|auto`, the pod file's
 //! grace period, leftover cleanup by any command, peak memory.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// busybox-static plus a second layer with a file owned by uid 1000 and a
 /// setuid file; pulled by the test user.
@@ -174,23 +172,6 @@ fn start_until_ready(env: &Env, args: &[&str]) -> (Child, BufReader<std::process
     (child, out)
 }
 
-/// The berth process `runuser` started (its child).
-fn berth_pid(runuser: &Child) -> i32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
-            let rest = &stat[stat.rfind(')').unwrap() + 1..];
-            if rest.split_whitespace().nth(1).and_then(|p| p.parse::<u32>().ok()) == Some(runuser.id()) {
-                return pid;
-            }
-        }
-        assert!(Instant::now() < deadline, "berth did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn any_command_removes_a_killed_pods_state_but_not_kept_state() {
     let s = setup();
@@ -248,7 +229,7 @@ fn ps_and_verbose_run_report_peak_memory() {
 /// Not a timed test: the per-container cost of an overlay root against a
 /// copied one for the busybox image, `berth run IMAGE -- true` end to end
 /// and the root filesystem step alone (from the pod process's debug log).
-/// `cargo test --test run_options rootfs_cost -- --ignored --nocapture`
+/// `cargo test --test it run_options::rootfs_cost -- --ignored --nocapture`
 #[test]
 #[ignore]
 fn rootfs_cost_overlay_vs_copy() {

@@ -10,6 +10,8 @@ use std::process::Command;
 
 use berth::bundle::{default_seccomp, libcontainer_compat};
 
+use crate::common::test_name;
+
 const CHILD_ENV: &str = "BERTH_SECCOMP_CHILD";
 
 fn errno_of(ret: libc::c_long) -> String {
@@ -74,7 +76,7 @@ fn child(profile: &str) {
 
 fn run_child(profile: &str) -> (String, String) {
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_entry", "--nocapture", "--test-threads=1"])
+        .args(["--exact", &test_name(module_path!(), "child_entry"), "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, profile)
         .output()
         .unwrap();

@@ -14,7 +14,7 @@ use std::process::Command;
 use berth::bundle::{self, id_map, ContainerSettings, UserNamespace};
 use oci_spec::image::ImageConfiguration;
 
-const USER: &str = "berthtest";
+use crate::common::{chown_to_test_user, test_user_ids, TEST_USER};
 
 const SCRIPT: &str = "id; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status; \
     hostname; echo HOME=$HOME; ulimit -n; \
@@ -22,15 +22,10 @@ const SCRIPT: &str = "id; grep -E '^(Cap|NoNewPrivs|Seccomp)' /proc/self/status;
     mkdir -p /mnt; mount -t tmpfs none /mnt 2>/dev/null && echo mount=allowed || echo mount=denied; \
     ls /dev; cat /etc/hosts >/dev/null && echo hosts=ok; echo ok";
 
-fn chown_tree(path: &Path, uid: u32, gid: u32) {
-    let st = Command::new("chown").arg("-hR").arg(format!("{uid}:{gid}")).arg(path).status().unwrap();
-    assert!(st.success());
-}
-
 #[test]
 fn runc_runs_a_berth_bundle_rootless_with_the_default_security() {
-    assert!(nix::unistd::geteuid().is_root(), "this test runs as root and switches to {USER}");
-    let user = nix::unistd::User::from_name(USER).unwrap().unwrap_or_else(|| panic!("user {USER} is needed"));
+    assert!(nix::unistd::geteuid().is_root(), "this test runs as root and switches to {TEST_USER}");
+    let (uid, gid) = test_user_ids();
     assert!(Path::new("/bin/busybox").exists(), "busybox-static is needed");
     let runc = ["/usr/sbin/runc", "/usr/bin/runc"].into_iter().find(|p| Path::new(p).exists()).expect("runc is needed");
 
@@ -55,7 +50,6 @@ fn runc_runs_a_berth_bundle_rootless_with_the_default_security() {
         "config": {"Entrypoint": ["/bin/sh", "-c"], "Cmd": ["exit 3"], "Env": ["PATH=/bin"], "WorkingDir": "/"}
     }))
     .unwrap();
-    let (uid, gid) = (user.uid.as_raw(), user.gid.as_raw());
     let settings = ContainerSettings::new("berth-test")
         .args(vec![SCRIPT.to_string()])
         .user_namespace(UserNamespace::Private { uid: vec![id_map(0, uid, 1)], gid: vec![id_map(0, gid, 1)] });
@@ -63,11 +57,11 @@ fn runc_runs_a_berth_bundle_rootless_with_the_default_security() {
     bundle::prepare_rootfs(&rootfs).unwrap();
     bundle::write_config(&bundle_dir, &spec).unwrap();
     assert!(fs::symlink_metadata(rootfs.join("etc/hosts")).unwrap().is_file());
-    chown_tree(top.path(), uid, gid);
+    chown_to_test_user(top.path());
 
     let state = top.path().join("state");
     let out = Command::new("runuser")
-        .args(["-u", USER, "--", runc, "--root"])
+        .args(["-u", TEST_USER, "--", runc, "--root"])
         .arg(&state)
         .args(["run", "-b"])
         .arg(&bundle_dir)

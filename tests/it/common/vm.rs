@@ -21,7 +21,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Printed by the guest's /init before the script's exit status.
 pub const STATUS_MARK: &str = "BERTH-GUEST-STATUS";
@@ -156,18 +156,11 @@ impl Guest {
             let _ = stdout.read_to_end(&mut out);
             out
         });
-        let start = Instant::now();
-        let finished = loop {
-            if child.try_wait().unwrap().is_some() {
-                break true;
-            }
-            if start.elapsed() > timeout {
-                let _ = child.kill();
-                let _ = child.wait();
-                break false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let finished = super::wait_until(timeout, || child.try_wait().unwrap().is_some());
+        if !finished {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         let mut err = String::new();
         let _ = child.stderr.take().unwrap().read_to_string(&mut err);
         let output = String::from_utf8_lossy(&reader.join().unwrap()).replace("\r\n", "\n");

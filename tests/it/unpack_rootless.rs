@@ -8,9 +8,6 @@
 //! with one `#[ignore]`d child test selected, and checks what the child
 //! left on disk.
 
-#[path = "hostile/mod.rs"]
-mod hostile;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -19,22 +16,15 @@ use std::process::Command;
 use berth::digest::Digest;
 use berth::layers::{LayerCache, LayerSource};
 use berth::unpack::{apply_layer, ErrorKind, IdPolicy, UnpackOptions, WhiteoutMode};
-use hostile::*;
+use crate::common::{test_name, test_user_ids, TEST_USER};
+use crate::hostile::*;
 
-const USER: &str = "berthtest";
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const WORK: &str = "BERTH_UNPACK_CHILD_DIR";
 
-fn user_ids() -> (u32, u32) {
-    let out = Command::new("id").args(["-u", USER]).output().unwrap();
-    let uid = String::from_utf8(out.stdout).unwrap().trim().parse().unwrap();
-    let out = Command::new("id").args(["-g", USER]).output().unwrap();
-    (uid, String::from_utf8(out.stdout).unwrap().trim().parse().unwrap())
-}
-
 fn subid_start(file: &str) -> u32 {
     let text = fs::read_to_string(file).unwrap();
-    let line = text.lines().find(|l| l.starts_with(&format!("{USER}:"))).expect("berthtest has a subordinate range");
+    let line = text.lines().find(|l| l.starts_with(&format!("{TEST_USER}:"))).expect("berthtest has a subordinate range");
     line.split(':').nth(1).unwrap().parse().unwrap()
 }
 
@@ -69,7 +59,7 @@ fn upper() -> Vec<Entry> {
 /// A work dir the user owns, holding the layer blobs and a copy of this
 /// test binary it can execute.
 fn prepare() -> (tempfile::TempDir, PathBuf) {
-    let (uid, gid) = user_ids();
+    let (uid, gid) = test_user_ids();
     let tmp = tempfile::Builder::new().prefix("berth-rootless").tempdir_in("/tmp").unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let exe = tmp.path().join("test-bin");
@@ -90,12 +80,12 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
 fn run_child(tmp: &Path, work: &Path, test: &str, userns: bool) -> String {
     let exe = tmp.join("test-bin");
     let mut cmd = Command::new("runuser");
-    cmd.args(["-u", USER, "--"]);
+    cmd.args(["-u", TEST_USER, "--"]);
     if userns {
         cmd.args(["unshare", "--map-auto", "--map-root-user"]);
     }
     cmd.arg("env").arg(format!("{WORK}={}", work.display())).arg(&exe);
-    cmd.args(["--ignored", "--exact", test, "--nocapture", "--test-threads=1"]);
+    cmd.args(["--ignored", "--exact", &test_name(module_path!(), test), "--nocapture", "--test-threads=1"]);
     let out = cmd.output().unwrap();
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "child {test} failed:\n{text}");
@@ -161,7 +151,7 @@ fn rootless_squash() {
     let (tmp, work) = prepare();
     let text = run_child(tmp.path(), &work, "child_squash", false);
     assert_one_xattr_warning(&text);
-    let (uid, gid) = user_ids();
+    let (uid, gid) = test_user_ids();
     let root = work.join("rootfs");
     for p in ["etc/passwd", "home/user", "home/user/.profile", "etc/last", "su", "ro/later"] {
         let md = fs::symlink_metadata(root.join(p)).unwrap();
@@ -203,7 +193,7 @@ fn rootless_userns_keep() {
     let (tmp, work) = prepare();
     let text = run_child(tmp.path(), &work, "child_userns_keep", true);
     assert_one_xattr_warning(&text);
-    let (uid, gid) = user_ids();
+    let (uid, gid) = test_user_ids();
     let (subuid, subgid) = (subid_start("/etc/subuid"), subid_start("/etc/subgid"));
     // Container id n >= 1 is subuid + n - 1 on disk; 0 is the user.
     let host = |id: u32, base: u32, own: u32| if id == 0 { own } else { base + id - 1 };

@@ -2,14 +2,11 @@
 //! (refused with an error naming the layer and entry, or applied in-root)
 //! and that nothing outside the destination was written or deleted.
 
-#[path = "hostile/mod.rs"]
-mod hostile;
-
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 
 use berth::unpack::{apply_layer, ErrorKind, IdPolicy, LayerStats, Limits, UnpackError, UnpackOptions, WhiteoutMode};
-use hostile::*;
+use crate::hostile::*;
 
 fn opts() -> UnpackOptions {
     UnpackOptions::new("hostile", WhiteoutMode::Flatten, IdPolicy::Squash)

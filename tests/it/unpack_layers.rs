@@ -4,9 +4,6 @@
 //! the layer cache and `flatten`, and as an overlayfs mount of the cached
 //! layer dirs (`userxattr`).
 
-#[path = "hostile/mod.rs"]
-mod hostile;
-
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -15,7 +12,7 @@ use std::path::{Path, PathBuf};
 use berth::digest::Digest;
 use berth::layers::{overlay_mount_options, LayerCache, LayerSource};
 use berth::unpack::{apply_layer, decompress, ErrorKind, IdPolicy, UnpackOptions, WhiteoutMode};
-use hostile::*;
+use crate::hostile::*;
 
 const GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 const ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";

@@ -3,7 +3,7 @@
 //! check both produced the same files. Run it optimized:
 //!
 //! ```text
-//! cargo test --release --test unpack_bench -- --ignored --nocapture
+//! cargo test --release --test it unpack_bench:: -- --ignored --nocapture
 //! ```
 //! `BERTH_BENCH_DIR` picks the filesystem written to (default: a temp dir).
 

@@ -2,12 +2,10 @@
 //! pull, against a real registry (behind a throttling proxy so the overlap
 //! is certain).
 
-mod common;
-
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn spawn(env: &Env, args: &[&str]) -> Child {
     env.berth(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap()

@@ -2,11 +2,9 @@
 //! stderr line naming the cause, nothing on stdout, and nothing partial
 //! visible in the store.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn image() -> Image {
     Image::new(vec![Layer::new(&busybox_tar(), Comp::Gzip, false)])

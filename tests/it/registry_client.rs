@@ -2,9 +2,7 @@
 //! `docker-registry` (plain, and TLS + htpasswd), and a tiny hand-written
 //! HTTP server for the faults a registry will not produce on demand.
 
-#[path = "registry_client/fake.rs"]
 mod fake;
-#[path = "registry_client/harness.rs"]
 mod harness;
 
 use std::path::Path;
@@ -19,7 +17,9 @@ use berth::registry::{media, Blob, Client, ClientOptions, RegistryError, RetryPo
 use futures_util::StreamExt;
 
 use fake::{Reply, Request, Server};
-use harness::{free_port, Registry, PASSWORD, USER};
+use harness::{Registry, PASSWORD, USER};
+
+use crate::common::free_port;
 
 fn opts() -> ClientOptions {
     ClientOptions {
