@@ -112,7 +112,8 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// `5 minutes ago`, as podman prints ages.
+/// `5 minutes ago`, as podman prints ages. Not humantime: its
+/// `format_duration` prints every unit, unrounded (`1h 2m 5s`, `3days`).
 fn age(secs: u64) -> String {
     let (n, unit) = match secs {
         0..=59 => return "less than a minute ago".into(),

@@ -8,7 +8,6 @@
 pub mod kube;
 pub mod shorthand;
 pub mod quantity;
-mod yaml;
 
 use std::collections::HashSet;
 use std::fmt;

@@ -1,5 +1,5 @@
 //! The distribution HTTP API (the OCI distribution spec, pull side) over
-//! `reqwest`.
+//! `reqwest`: manifests and blobs, with retries and mirrors.
 //!
 //! berth speaks the protocol itself rather than through oci-client because
 //! the details it must act on or report live in response headers that
@@ -7,20 +7,9 @@
 //! `Docker-Content-Digest`, `WWW-Authenticate` and the 401/403 that says
 //! whether credentials were sent.
 //!
-//! * Transport: HTTPS, verified against the system roots plus the host's
-//!   `certs.d` CAs. An endpoint marked `insecure` in registries.conf, or any
-//!   endpoint when `tls_verify` is false, accepts an unverifiable certificate
-//!   and falls back to plain HTTP. As in podman, `localhost` and 127.0.0.1 are
-//!   not special: they need one of those two settings for plain HTTP.
-//! * Auth: `GET /v2/` once per host learns the challenge; Bearer tokens are
-//!   fetched from the realm (with basic credentials or an identity token when
-//!   the host has some) and cached per (host, repository) until they expire;
-//!   Basic sends the credentials with each request. A 401 on a resource
-//!   refreshes the token once.
-//! * Redirects are followed by hand (blob storage lives elsewhere) and the
-//!   `Authorization` header is sent only to the origin it was meant for: never
-//!   to another scheme, host or port (distribution spec; image-unpack-security
-//!   item 20).
+//! * Transport (HTTPS and its CAs, plain HTTP for insecure endpoints,
+//!   redirects): `transport`.
+//! * Auth (the challenge, Bearer tokens, Basic credentials): `auth`.
 //! * Retries: connection errors, timeouts, 5xx and 429 are retried with
 //!   exponential backoff and jitter, honouring `Retry-After`; other 4xx never.
 //!   A blob body cut short surfaces as a retryable `Io` error on the stream;
@@ -28,36 +17,36 @@
 //! * Mirrors from registries.conf are tried in order; any failure of a mirror
 //!   falls back to the next endpoint, the primary last.
 
+mod auth;
 mod challenge;
 mod error;
 mod retry;
+mod transport;
 
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
-use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, LOCATION, RANGE, RETRY_AFTER, WWW_AUTHENTICATE};
-use reqwest::{Method, StatusCode};
-use url::Url;
+use reqwest::header::{HeaderMap, HeaderValue, ACCEPT, CONTENT_TYPE, RANGE};
+use reqwest::StatusCode;
 
 pub use challenge::{parse_challenges, Challenge};
 pub use error::RegistryError;
 pub use retry::{parse_retry_after, RetryPolicy};
 
+use auth::Token;
+use transport::{read_capped, unexpected, HostState};
+
 use crate::config::{AuthFiles, CertDirs, Credentials, Endpoint, Registries};
 use crate::digest::Digest;
-use crate::reference::{RegistryRef, DOCKER_HUB};
+use crate::reference::RegistryRef;
 
 pub use crate::media;
 
 pub use crate::media::MAX_MANIFEST_SIZE;
-/// Largest token-endpoint reply berth reads.
-const MAX_TOKEN_REPLY: u64 = 1 << 20;
-const MAX_REDIRECTS: usize = 10;
 
 /// A stream of a blob's bytes; an error ends it.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;
@@ -158,26 +147,6 @@ struct Inner {
     hosts: tokio::sync::Mutex<HashMap<(String, bool), HostState>>,
     tokens: Mutex<HashMap<(String, String), Token>>,
     creds: Mutex<HashMap<(String, String), Option<Credentials>>>,
-}
-
-#[derive(Clone)]
-struct HostState {
-    /// `https://host` or `http://host`.
-    base: Url,
-    challenge: Option<Challenge>,
-}
-
-#[derive(Clone)]
-struct Token {
-    value: String,
-    expires: Instant,
-    credentials_sent: bool,
-}
-
-/// What to send on one request.
-struct Auth {
-    header: Option<HeaderValue>,
-    credentials_sent: bool,
 }
 
 impl Client {
@@ -369,348 +338,10 @@ impl Client {
             }
         }
     }
-
-    /// GET `path` on `ep` with authentication. 401, 403, 429 and 5xx become
-    /// errors; every other status is the caller's to judge.
-    async fn request(&self, ep: &Endpoint, path: &str, headers: HeaderMap) -> Result<reqwest::Response, RegistryError> {
-        let insecure = ep.insecure || !self.inner.opts.tls_verify;
-        let mut host = self.host_state(&ep.host, insecure).await?;
-        let url = host.base.join(path).map_err(|e| RegistryError::Client(format!("bad path {path:?}: {e}")))?;
-        let mut refreshed = false;
-        loop {
-            let auth = self.authorization(ep, &host, insecure).await?;
-            let resp = self.send(Method::GET, url.clone(), &headers, auth.header, None, insecure, &ep.host).await?;
-            match resp.status() {
-                StatusCode::UNAUTHORIZED if !refreshed => {
-                    // The token expired early, or this resource wants another
-                    // scope: learn the new challenge and try once more.
-                    refreshed = true;
-                    if let Some(c) = challenge_of(resp.headers()) {
-                        host.challenge = Some(c);
-                        // Remember it: a registry that let the ping through
-                        // anonymously would otherwise cost a 401 per request.
-                        self.inner.hosts.lock().await.insert((ep.host.clone(), insecure), host.clone());
-                    }
-                    self.inner.tokens.lock().expect("token cache").remove(&(ep.host.clone(), ep.repository.clone()));
-                    if host.challenge.is_none() {
-                        return Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent: auth.credentials_sent });
-                    }
-                }
-                StatusCode::UNAUTHORIZED => {
-                    return Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent: auth.credentials_sent })
-                }
-                StatusCode::FORBIDDEN => {
-                    return Err(RegistryError::Forbidden { registry: ep.host.clone(), credentials_sent: auth.credentials_sent })
-                }
-                s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() => return Err(unexpected(&ep.host, s, &resp)),
-                _ => return Ok(resp),
-            }
-        }
-    }
-
-    /// Sends one request, following redirects by hand; `auth` goes only to
-    /// the origin of `url`.
-    #[allow(clippy::too_many_arguments)]
-    async fn send(
-        &self,
-        mut method: Method,
-        mut url: Url,
-        headers: &HeaderMap,
-        auth: Option<HeaderValue>,
-        mut body: Option<(String, Vec<u8>)>,
-        insecure: bool,
-        registry: &str,
-    ) -> Result<reqwest::Response, RegistryError> {
-        let origin = url.origin();
-        for _ in 0..=MAX_REDIRECTS {
-            let client = self.http_for(&host_port(&url), insecure)?;
-            let mut req = client.request(method.clone(), url.clone()).headers(headers.clone());
-            if let Some(a) = &auth {
-                if url.origin() == origin {
-                    req = req.header(AUTHORIZATION, a.clone());
-                }
-            }
-            if let Some((ctype, b)) = &body {
-                req = req.header(CONTENT_TYPE, ctype.as_str()).body(b.clone());
-            }
-            tracing::trace!("{method} {url}");
-            let resp = req.send().await.map_err(|e| error::classify(registry, &e))?;
-            if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
-                return Ok(resp);
-            }
-            let bad = |reason: String| RegistryError::BadResponse { registry: registry.to_string(), reason };
-            let loc = resp
-                .headers()
-                .get(LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| bad(format!("{} without a Location", resp.status())))?;
-            let next = url.join(loc).map_err(|e| bad(format!("redirect to {loc:?}: {e}")))?;
-            if !matches!(next.scheme(), "http" | "https") {
-                return Err(bad(format!("redirect to {next}: not HTTP")));
-            }
-            if url.scheme() == "https" && next.scheme() == "http" && !insecure {
-                return Err(bad(format!("redirect from HTTPS to plain HTTP ({next})")));
-            }
-            if matches!(resp.status(), StatusCode::SEE_OTHER)
-                || (method == Method::POST && matches!(resp.status(), StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND))
-            {
-                method = Method::GET;
-                body = None;
-            }
-            tracing::debug!("redirected to {}", next.origin().ascii_serialization());
-            url = next;
-        }
-        Err(RegistryError::BadResponse { registry: registry.to_string(), reason: format!("more than {MAX_REDIRECTS} redirects") })
-    }
-
-    /// The reqwest client for `host_port`, trusting its `certs.d` CAs.
-    fn http_for(&self, host_port: &str, insecure: bool) -> Result<reqwest::Client, RegistryError> {
-        let key = (host_port.to_string(), insecure);
-        if let Some(c) = self.inner.http.lock().expect("client cache").get(&key) {
-            return Ok(c.clone());
-        }
-        let o = &self.inner.opts;
-        let mut b = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(o.connect_timeout)
-            .read_timeout(o.read_timeout)
-            .user_agent(o.user_agent.clone())
-            .tls_danger_accept_invalid_certs(insecure);
-        if !insecure && !host_port.is_empty() {
-            let mut roots = Vec::new();
-            for der in o.certs.roots_for(host_port)? {
-                roots.push(reqwest::Certificate::from_der(&der).map_err(|e| RegistryError::Client(format!("CA for {host_port}: {e}")))?);
-            }
-            b = b.tls_certs_merge(roots);
-        }
-        let c = b.build().map_err(|e| RegistryError::Client(e.to_string()))?;
-        self.inner.http.lock().expect("client cache").insert(key, c.clone());
-        Ok(c)
-    }
-
-    /// Pings `GET /v2/` once per host: which scheme works and which
-    /// challenge the registry sends.
-    async fn host_state(&self, ep_host: &str, insecure: bool) -> Result<HostState, RegistryError> {
-        let mut hosts = self.inner.hosts.lock().await;
-        let key = (ep_host.to_string(), insecure);
-        if let Some(h) = hosts.get(&key) {
-            return Ok(h.clone());
-        }
-        // No retries here: the caller retries the whole request.
-        let state = self.ping(ep_host, insecure).await?;
-        hosts.insert(key, state.clone());
-        Ok(state)
-    }
-
-    async fn ping(&self, ep_host: &str, insecure: bool) -> Result<HostState, RegistryError> {
-        let connect = if ep_host == DOCKER_HUB { "registry-1.docker.io" } else { ep_host };
-        let https = self.ping_at("https", connect, ep_host, insecure).await;
-        match https {
-            Ok(s) => Ok(s),
-            Err(e) if insecure && !is_http_status(&e) => match self.ping_at("http", connect, ep_host, insecure).await {
-                Ok(s) => {
-                    tracing::debug!("{ep_host}: plain HTTP (HTTPS failed: {e})");
-                    Ok(s)
-                }
-                // Report the HTTPS failure unless it only showed that the
-                // server does not speak TLS.
-                Err(e2) if matches!(e, RegistryError::Tls { .. }) => Err(e2),
-                Err(_) => Err(e),
-            },
-            Err(RegistryError::Tls { registry, reason }) if !insecure && reason.contains("InvalidContentType") => {
-                Err(RegistryError::Tls {
-                    registry,
-                    reason: format!("{reason} (a plain-HTTP registry? use --tls-verify=false or insecure = true in registries.conf)"),
-                })
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    async fn ping_at(&self, scheme: &str, connect: &str, ep_host: &str, insecure: bool) -> Result<HostState, RegistryError> {
-        let base = Url::parse(&format!("{scheme}://{connect}/"))
-            .map_err(|e| RegistryError::Client(format!("registry host {connect:?}: {e}")))?;
-        let url = base.join("/v2/").map_err(|e| RegistryError::Client(e.to_string()))?;
-        let resp = self.send(Method::GET, url, &HeaderMap::new(), None, None, insecure, ep_host).await?;
-        let challenge = match resp.status() {
-            s if s.is_success() => None,
-            StatusCode::UNAUTHORIZED => challenge_of(resp.headers()),
-            s => return Err(unexpected(ep_host, s, &resp)),
-        };
-        Ok(HostState { base, challenge })
-    }
-
-    /// The Authorization header for a request to `ep`.
-    async fn authorization(&self, ep: &Endpoint, host: &HostState, insecure: bool) -> Result<Auth, RegistryError> {
-        match &host.challenge {
-            None => Ok(Auth { header: None, credentials_sent: false }),
-            Some(Challenge::Basic { .. }) => {
-                let creds = self.credentials(ep).await?;
-                Ok(match creds {
-                    Some(c) => Auth { header: Some(basic(&c.username, &c.password)?), credentials_sent: true },
-                    None => Auth { header: None, credentials_sent: false },
-                })
-            }
-            Some(Challenge::Bearer { realm, service, scope }) => {
-                let key = (ep.host.clone(), ep.repository.clone());
-                let cached = self.inner.tokens.lock().expect("token cache").get(&key).cloned();
-                let token = match cached {
-                    Some(t) if t.expires > Instant::now() + Duration::from_secs(5) => t,
-                    _ => {
-                        let t = self.fetch_token(ep, realm, service.as_deref(), scope.as_deref(), insecure).await?;
-                        self.inner.tokens.lock().expect("token cache").insert(key, t.clone());
-                        t
-                    }
-                };
-                let header = HeaderValue::from_str(&format!("Bearer {}", token.value))
-                    .map_err(|_| RegistryError::BadResponse { registry: ep.host.clone(), reason: "token is not a valid header value".into() })?;
-                Ok(Auth { header: Some(header), credentials_sent: token.credentials_sent })
-            }
-        }
-    }
-
-    async fn fetch_token(
-        &self,
-        ep: &Endpoint,
-        realm: &str,
-        service: Option<&str>,
-        challenge_scope: Option<&str>,
-        insecure: bool,
-    ) -> Result<Token, RegistryError> {
-        let bad = |reason: String| RegistryError::BadResponse { registry: ep.host.clone(), reason };
-        let realm_url = Url::parse(realm).map_err(|e| bad(format!("token realm {realm:?}: {e}")))?;
-        if !matches!(realm_url.scheme(), "http" | "https") {
-            return Err(bad(format!("token realm {realm:?} is not HTTP")));
-        }
-        let scope = format!("repository:{}:pull", ep.repository);
-        let mut scopes = vec![scope.clone()];
-        if let Some(s) = challenge_scope.filter(|s| !s.is_empty() && *s != scope) {
-            scopes.push(s.to_string());
-        }
-        let creds = self.credentials(ep).await?;
-        let credentials_sent = creds.is_some();
-        let started = Instant::now();
-
-        let mut url = realm_url.clone();
-        let (method, auth, body) = match &creds {
-            Some(Credentials { identity_token: Some(tok), .. }) => {
-                // OAuth2 refresh-token grant, as docker and podman do.
-                let mut form = url::form_urlencoded::Serializer::new(String::new());
-                form.append_pair("grant_type", "refresh_token").append_pair("refresh_token", tok).append_pair("client_id", "berth");
-                if let Some(s) = service {
-                    form.append_pair("service", s);
-                }
-                form.append_pair("scope", &scopes.join(" "));
-                let body = ("application/x-www-form-urlencoded".to_string(), form.finish().into_bytes());
-                (Method::POST, None, Some(body))
-            }
-            other => {
-                {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(s) = service {
-                        q.append_pair("service", s);
-                    }
-                    for s in &scopes {
-                        q.append_pair("scope", s);
-                    }
-                }
-                let auth = other.as_ref().map(|c| basic(&c.username, &c.password)).transpose()?;
-                (Method::GET, auth, None)
-            }
-        };
-        let resp = self.send(method, url, &HeaderMap::new(), auth, body, insecure, &ep.host).await?;
-        match resp.status() {
-            s if s.is_success() => {}
-            // OAuth2 servers answer a bad refresh token with 400.
-            StatusCode::UNAUTHORIZED | StatusCode::BAD_REQUEST if credentials_sent => {
-                return Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent })
-            }
-            StatusCode::UNAUTHORIZED => return Err(RegistryError::Unauthorized { registry: ep.host.clone(), credentials_sent }),
-            StatusCode::FORBIDDEN => return Err(RegistryError::Forbidden { registry: ep.host.clone(), credentials_sent }),
-            s => return Err(unexpected(&ep.host, s, &resp)),
-        }
-        let body = read_capped(resp, MAX_TOKEN_REPLY, &ep.host).await?.ok_or_else(|| bad("token reply too large".into()))?;
-        let reply: challenge::TokenReply =
-            serde_json::from_slice(&body).map_err(|e| bad(format!("token reply from {realm_url}: {e}")))?;
-        let (value, lifetime) = reply.into_token().ok_or_else(|| bad(format!("token reply from {realm_url} has no token")))?;
-        tracing::debug!("token for {}/{} from {realm_url}", ep.host, ep.repository);
-        Ok(Token { value, expires: started + lifetime, credentials_sent })
-    }
-
-    /// Credentials for `ep`, looked up once per (host, repository); helpers
-    /// run off the async threads.
-    async fn credentials(&self, ep: &Endpoint) -> Result<Option<Credentials>, RegistryError> {
-        let key = (ep.host.clone(), ep.repository.clone());
-        if let Some(c) = self.inner.creds.lock().expect("credential cache").get(&key) {
-            return Ok(c.clone());
-        }
-        let files = self.inner.opts.auth.clone();
-        let (h, r) = key.clone();
-        let found = tokio::task::spawn_blocking(move || files.lookup(&h, &r))
-            .await
-            .map_err(|e| RegistryError::Client(format!("credential lookup: {e}")))??;
-        self.inner.creds.lock().expect("credential cache").insert(key, found.clone());
-        Ok(found)
-    }
 }
 
 fn no_endpoint(r: &RegistryRef) -> RegistryError {
     RegistryError::BadResponse { registry: r.registry.clone(), reason: format!("registries.conf leaves no endpoint for {}", r.name()) }
-}
-
-fn is_http_status(e: &RegistryError) -> bool {
-    matches!(
-        e,
-        RegistryError::Http { .. } | RegistryError::TooManyRequests { .. } | RegistryError::Unauthorized { .. } | RegistryError::Forbidden { .. }
-    )
-}
-
-fn basic(user: &str, pass: &str) -> Result<HeaderValue, RegistryError> {
-    let enc = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
-    let mut v = HeaderValue::from_str(&format!("Basic {enc}")).map_err(|_| RegistryError::Client("credentials".into()))?;
-    v.set_sensitive(true);
-    Ok(v)
-}
-
-/// The preferred challenge in a response: Bearer, else Basic.
-fn challenge_of(headers: &HeaderMap) -> Option<Challenge> {
-    let all: Vec<Challenge> = headers
-        .get_all(WWW_AUTHENTICATE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(parse_challenges)
-        .collect();
-    all.iter().find(|c| matches!(c, Challenge::Bearer { .. })).or(all.first()).cloned()
-}
-
-/// An error for a status the caller did not expect.
-fn unexpected(registry: &str, status: StatusCode, resp: &reqwest::Response) -> RegistryError {
-    let retry_after = resp
-        .headers()
-        .get(RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| parse_retry_after(v, SystemTime::now()));
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return RegistryError::TooManyRequests { registry: registry.to_string(), retry_after };
-    }
-    let mut url = resp.url().clone();
-    url.set_query(None);
-    RegistryError::Http { registry: registry.to_string(), status: status.as_u16(), url: url.to_string(), retry_after }
-}
-
-/// The whole body, or `None` when it is longer than `cap`.
-async fn read_capped(mut resp: reqwest::Response, cap: u64, registry: &str) -> Result<Option<Bytes>, RegistryError> {
-    if resp.content_length().is_some_and(|l| l > cap) {
-        return Ok(None);
-    }
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error::classify(registry, &e))? {
-        if buf.len() as u64 + chunk.len() as u64 > cap {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Some(Bytes::from(buf)))
 }
 
 /// `type/subtype` of a Content-Type, without parameters, lowercased.
@@ -759,15 +390,6 @@ fn parse_content_range(v: &str) -> Option<(u64, Option<u64>)> {
         t => Some(t.parse::<u64>().ok().filter(|t| *t > last)?),
     };
     Some((first, total))
-}
-
-/// `host[:port]` of a URL, as certs.d names directories.
-fn host_port(url: &Url) -> String {
-    match (url.host_str(), url.port()) {
-        (Some(h), Some(p)) => format!("{h}:{p}"),
-        (Some(h), None) => h.to_string(),
-        _ => String::new(),
-    }
 }
 
 #[cfg(test)]

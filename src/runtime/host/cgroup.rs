@@ -19,6 +19,8 @@
 //! Elsewhere (cgroup v1 or hybrid hosts, a C shared with other processes,
 //! a C not delegated) [`PodCgroup::create`] says why, and the pod runs in C
 //! without limits.
+//!
+//! Plain file I/O, not libcgroups: its v2 manager enables controllers best-effort (hiding the EBUSY acted on here).
 
 use std::fs;
 use std::io;
