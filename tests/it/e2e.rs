@@ -254,3 +254,38 @@ fn real_root_still_gets_a_user_namespace() {
     assert_eq!(lines[0], ["0", "0", "1"], "only the caller's own id, not the host's whole range");
     assert_eq!(lines[1], ["refused"], "host sysctls stay out of reach");
 }
+
+/// A pod file's `image` volume: a second image's tree, its layers merged
+/// (whiteouts applied), mounted read-only into the main container, through
+/// an overlay and through a copy alike.
+#[test]
+fn image_volume_mounts_a_second_images_tree_read_only() {
+    let s = setup();
+    let lower = TarBuilder::new()
+        .dir("opt", 0o755)
+        .dir("opt/tool", 0o755)
+        .file("opt/tool/hello.txt", 0o644, b"hello from the tools image\n")
+        .file("opt/tool/gone.txt", 0o644, b"deleted by the next layer\n")
+        .finish();
+    let upper = TarBuilder::new().dir("opt/tool", 0o755).file("opt/tool/.wh.gone.txt", 0o644, b"").file("opt/tool/run.sh", 0o755, b"#!/bin/sh\necho tool ran\n").finish();
+    s.reg.push_image("berth/tools", "latest", &Image::new(vec![Layer::new(&lower, Comp::Gzip, false), Layer::new(&upper, Comp::Zstd, false)]));
+    let tools = format!("{}/berth/tools:latest", s.reg.host());
+    let pod = s.env.path().join("tools.yaml");
+    std::fs::write(
+        &pod,
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata:\n  name: tools\nspec:\n  containers:\n  - name: build\n    image: {}\n    command: [sh, -c, 'cat /tools/opt/tool/hello.txt; test -e /tools/opt/tool/gone.txt || echo whiteout applied; /tools/opt/tool/run.sh; touch /tools/x 2>/dev/null && echo writable || echo read-only']\n    volumeMounts:\n    - name: tools\n      mountPath: /tools\n  volumes:\n  - name: tools\n    image:\n      reference: {tools}\n      pullPolicy: IfNotPresent\n",
+            s.image
+        ),
+    )
+    .unwrap();
+    s.env.chown();
+    for rootfs in ["overlay", "copy"] {
+        let run = s.env.run_as_user(&["run", "--tls-verify=false", "--rootfs", rootfs, "--pod", pod.to_str().unwrap()]);
+        assert_eq!(run.code, 0, "--rootfs {rootfs}: {run:?}");
+        assert_eq!(run.stdout, "hello from the tools image\nwhiteout applied\ntool ran\nread-only\n", "--rootfs {rootfs}");
+    }
+    // The volume's image is in the store like any other.
+    let images = s.env.run_as_user(&["images"]);
+    assert!(images.stdout.contains("berth/tools"), "{}", images.stdout);
+}
