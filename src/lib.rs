@@ -34,8 +34,3 @@ pub mod bundle;
 pub mod pod;
 pub mod planner;
 pub mod runtime;
-
-// Old crate-root paths, kept while the tree is regrouped.
-pub use fetch::{archive, progress, pull};
-pub use image::{digest, media, reference};
-pub use unpack::cache as layers;

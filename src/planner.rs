@@ -263,7 +263,7 @@ fn launch(
             Ok(runtime::launch(&plan, &dir, &opts)?)
         });
         if own && !s.keep {
-            if let Err(e) = runtime::cleanup::remove_tree(&workspace) {
+            if let Err(e) = runtime::host::cleanup::remove_tree(&workspace) {
                 tracing::warn!("removing workspace {}: {e}", workspace.display());
             }
         }

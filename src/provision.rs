@@ -14,11 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::config::Registries;
 use crate::paths::Paths;
 use crate::reexec::Entry;
-use crate::digest::Digest;
-use crate::layers::{self, LayerCache, LayerSource};
-use crate::progress::{Mode, Progress};
-use crate::pull::{self, PullOptions};
-use crate::reference::{self, ImageRef};
+use crate::image::digest::Digest;
+use crate::unpack::cache::{self, LayerCache, LayerSource};
+use crate::fetch::progress::{Mode, Progress};
+use crate::fetch::pull::{self, PullOptions};
+use crate::image::reference::{self, ImageRef};
 use crate::store::{Image, Platform, Store};
 use crate::unpack::IdPolicy;
 use crate::userns::{self, IdMapping};
@@ -77,7 +77,7 @@ impl Provision {
             let platform = fetch.platform.as_deref().map(Platform::parse).transpose()?;
             let opts = PullOptions { platform, tls_verify: fetch.tls_verify, ..PullOptions::default() };
             let progress = Progress::new(Mode::detect(fetch.quiet));
-            let rt = crate::pull::runtime().context("cannot start the async runtime")?;
+            let rt = crate::fetch::pull::runtime().context("cannot start the async runtime")?;
             for (i, parsed) in missing {
                 let record = rt
                     .block_on(pull::pull(&self.store, &parsed, &opts, &progress))
@@ -246,5 +246,5 @@ fn ids_policy(mapping: &IdMapping, squash: bool) -> IdPolicy {
 
 fn cache_key(mapping: &IdMapping, ids: IdPolicy) -> String {
     let rootless = !nix::unistd::Uid::current().is_root();
-    layers::mapping_key(rootless, &mapping.uids, &mapping.gids, ids)
+    cache::mapping_key(rootless, &mapping.uids, &mapping.gids, ids)
 }

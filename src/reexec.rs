@@ -26,7 +26,7 @@ pub enum Entry {
     /// namespace the pods use ([`crate::provision`]).
     Unpack { job: PathBuf },
     /// Remove a tree as uid 0 of a mapped user namespace
-    /// ([`crate::runtime::cleanup`]).
+    /// ([`crate::runtime::host::cleanup`]).
     Rmtree { path: PathBuf },
 }
 
@@ -95,7 +95,7 @@ impl Entry {
                 }
             },
             Entry::Unpack { job } => crate::provision::unpack_job(&job),
-            Entry::Rmtree { path } => crate::runtime::cleanup::rmtree_in_namespace(&path)
+            Entry::Rmtree { path } => crate::runtime::host::cleanup::rmtree_in_namespace(&path)
                 .map_err(|e| anyhow::Error::new(e).context(format!("removing {}", path.display()))),
         };
         match outcome {

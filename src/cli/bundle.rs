@@ -55,7 +55,7 @@ pub fn run(g: &Global, a: BundleArgs) -> anyhow::Result<u8> {
     let result = write(g, &a, &dir);
     if result.is_err() {
         // Nothing partial: remove what this run wrote.
-        let cleanup = if created { berth::runtime::cleanup::remove_tree(&dir) } else { empty_dir(&dir) };
+        let cleanup = if created { berth::runtime::host::cleanup::remove_tree(&dir) } else { empty_dir(&dir) };
         if let Err(e) = cleanup {
             tracing::warn!("cleaning up {}: {e}", dir.display());
         }
@@ -135,7 +135,7 @@ fn claim_dir(dir: &Path) -> anyhow::Result<bool> {
 
 fn empty_dir(dir: &Path) -> std::io::Result<()> {
     for e in std::fs::read_dir(dir)? {
-        berth::runtime::cleanup::remove_tree(&e?.path())?;
+        berth::runtime::host::cleanup::remove_tree(&e?.path())?;
     }
     Ok(())
 }

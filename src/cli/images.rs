@@ -7,8 +7,8 @@ use clap::Args;
 
 use super::Global;
 use super::pull::open_store;
-use berth::progress::human;
-use berth::reference::{self, ImageRef};
+use berth::fetch::progress::human;
+use berth::image::reference::{self, ImageRef};
 use berth::store::{ImageRecord, Store, StoreError};
 
 #[derive(Debug, Args)]

@@ -80,7 +80,7 @@ pub fn ps(g: &Global, a: PsArgs) -> anyhow::Result<u8> {
 
 pub fn exec(g: &Global, a: ExecArgs) -> anyhow::Result<u8> {
     let dir = PodDir::open(&g.paths().run_root, &a.pod)?;
-    let code = runtime::exec::exec(&dir, &a.container, a.command, a.tty)
+    let code = runtime::host::exec::exec(&dir, &a.container, a.command, a.tty)
         .with_context(|| format!("exec in {}/{}", a.pod, a.container))?;
     Ok(code)
 }

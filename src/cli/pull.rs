@@ -4,9 +4,9 @@ use anyhow::Context as _;
 use clap::Args;
 
 use super::Global;
-use berth::progress::{Mode, Progress};
-use berth::pull::{self, PullOptions};
-use berth::reference;
+use berth::fetch::progress::{Mode, Progress};
+use berth::fetch::pull::{self, PullOptions};
+use berth::image::reference;
 use berth::store::{Platform, Store};
 
 #[derive(Debug, Args)]

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use super::{config_home, ConfigError};
-use crate::reference::{RegistryRef, DOCKER_HUB};
+use crate::image::reference::{RegistryRef, DOCKER_HUB};
 
 const SYSTEM_FILE: &str = "/etc/containers/registries.conf";
 const SYSTEM_DIR: &str = "/etc/containers/registries.conf.d";

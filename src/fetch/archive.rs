@@ -13,9 +13,9 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use crate::digest::Digest;
-use crate::progress::Progress;
-use crate::reference::RegistryRef;
+use crate::image::digest::Digest;
+use crate::fetch::progress::Progress;
+use crate::image::reference::RegistryRef;
 use crate::store::manifest::{self, media, Descriptor, Document, ImageIndex, Platform};
 use crate::store::{ImageRecord, Store, StoreError};
 
@@ -98,7 +98,7 @@ fn import(store: &Store, src: &mut dyn Source, tag: Option<&str>, platform: &Pla
                 return Err(ArchiveError::NoPlatform {
                     path,
                     platform: platform.to_string(),
-                    available: crate::pull::available(&nested.manifests),
+                    available: crate::fetch::pull::available(&nested.manifests),
                 });
             };
             let child = child.clone();

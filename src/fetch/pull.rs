@@ -15,10 +15,10 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::archive::{self, ArchiveError};
-use crate::digest::Digest;
-use crate::progress::Progress;
-use crate::reference::{ImageRef, RegistryRef};
+use crate::fetch::archive::{self, ArchiveError};
+use crate::image::digest::Digest;
+use crate::fetch::progress::Progress;
+use crate::image::reference::{ImageRef, RegistryRef};
 use crate::registry::{Client, ClientOptions, RegistryError};
 use crate::store::manifest::{self, media, Descriptor, Document, ImageManifest, ManifestError, Platform};
 use crate::store::{ImageRecord, Store, StoreError};
@@ -228,7 +228,7 @@ async fn fetch(
 ) -> Result<ImageRecord, PullError> {
     let name = r.name();
     let m = &resolved.parsed;
-    progress.event(&format!("pulling {name} ({} layers, manifest {})", m.layers.len(), crate::progress::short(&resolved.manifest.0)));
+    progress.event(&format!("pulling {name} ({} layers, manifest {})", m.layers.len(), crate::fetch::progress::short(&resolved.manifest.0)));
 
     // The config first: it is small, and a mismatch of its diff_ids with the
     // layers is worth knowing before the layers are downloaded.
@@ -340,7 +340,7 @@ impl Job {
 
     /// One request: appends what arrives. `Ok(Some(why))` when the transfer
     /// broke off in a way a resume may cure.
-    async fn stream(&self, desc: &Descriptor, w: &mut crate::store::Ingest, bar: &crate::progress::BlobProgress) -> Result<Option<String>, BlobError> {
+    async fn stream(&self, desc: &Descriptor, w: &mut crate::store::Ingest, bar: &crate::fetch::progress::BlobProgress) -> Result<Option<String>, BlobError> {
         let offset = w.offset();
         let mut blob = match self.client.blob(&self.r, &desc.digest, offset).await {
             Ok(b) => b,

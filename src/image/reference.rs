@@ -15,7 +15,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
 /// Docker Hub, as references name it.
 pub const DOCKER_HUB: &str = "docker.io";

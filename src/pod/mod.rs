@@ -226,7 +226,7 @@ impl Pod {
                     check_host_path(p).map_err(|m| InvalidPod::new(format!("{path}.hostPath.path"), m))?;
                 }
                 VolumeSource::Image { reference } => {
-                    crate::reference::parse(reference)
+                    crate::image::reference::parse(reference)
                         .map_err(|e| InvalidPod::new(format!("{path}.image.reference"), crate::exit::chain(&e)))?;
                 }
                 VolumeSource::EmptyDir => {}

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::config::ConfigError;
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {

@@ -41,12 +41,12 @@ use auth::Token;
 use transport::{read_capped, unexpected, HostState};
 
 use crate::config::{AuthFiles, CertDirs, Credentials, Endpoint, Registries};
-use crate::digest::Digest;
-use crate::reference::RegistryRef;
+use crate::image::digest::Digest;
+use crate::image::reference::RegistryRef;
 
-pub use crate::media;
+pub use crate::image::media;
 
-pub use crate::media::MAX_MANIFEST_SIZE;
+pub use crate::image::media::MAX_MANIFEST_SIZE;
 
 /// A stream of a blob's bytes; an error ends it.
 pub type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, RegistryError>> + Send>>;

@@ -21,7 +21,7 @@ use url::Url;
 
 use super::auth::challenge_of;
 use super::{error, parse_retry_after, Challenge, Client, RegistryError};
-use crate::reference::DOCKER_HUB;
+use crate::image::reference::DOCKER_HUB;
 
 const MAX_REDIRECTS: usize = 10;
 

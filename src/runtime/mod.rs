@@ -28,10 +28,6 @@ pub mod pod;
 pub mod signals;
 pub mod state;
 
-// The modules by their short names, as before the split into sides.
-pub use host::{cgroup, cleanup, exec, launch};
-pub use pod::{container, net, pty, seccomp, stdio};
-
 pub use host::launch::{launch, LaunchError, LaunchOptions};
 pub use plan::{BindMount, ImageVolume, Limits, Network, PlannedContainer, PodPlan, Probe, ProbeAction, Role, RootfsSource};
 pub use state::PodDir;

@@ -178,11 +178,11 @@ impl PodDir {
     pub fn read_status(&self) -> Result<Status, StateError> {
         read_json(&self.dir.join("status.json"))
     }
-    pub fn write_cgroup(&self, c: &super::cgroup::PodCgroup) -> Result<(), StateError> {
+    pub fn write_cgroup(&self, c: &super::host::cgroup::PodCgroup) -> Result<(), StateError> {
         write_json(&self.dir.join("cgroup.json"), c)
     }
     /// The pod's cgroup, or None when it runs in berth's.
-    pub fn read_cgroup(&self) -> Option<super::cgroup::PodCgroup> {
+    pub fn read_cgroup(&self) -> Option<super::host::cgroup::PodCgroup> {
         read_json(&self.dir.join("cgroup.json")).ok()
     }
 
@@ -214,7 +214,7 @@ impl PodDir {
     /// subordinate ids (overlay upper dirs), which the user cannot remove on
     /// the host: those are removed from inside a user namespace.
     pub fn remove(&self) -> Result<(), StateError> {
-        super::cleanup::remove_tree(&self.dir).map_err(io_at(&self.dir))
+        super::host::cleanup::remove_tree(&self.dir).map_err(io_at(&self.dir))
     }
 
     /// The pod's peak memory: its cgroup's memory.peak where it has one,

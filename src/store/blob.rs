@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use nix::fcntl::Flock;
 
 use super::{sync_dir, StoreError};
-use crate::digest::{Digest, Hasher};
+use crate::image::digest::{Digest, Hasher};
 
 /// A blob being written, holding the blob's lock. Dropping it without
 /// [`commit`](Ingest::commit) keeps the partial file for the next pull to

@@ -6,7 +6,7 @@ use oci_spec::image::ImageConfiguration;
 
 use super::manifest::{Compression, ImageManifest, MAX_CONFIG_SIZE};
 use super::{ImageRecord, Store, StoreError};
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
 /// A stored image, every blob of it present and its documents verified.
 #[derive(Debug, Clone)]

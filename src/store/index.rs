@@ -10,7 +10,7 @@ use nix::fcntl::FlockArg;
 use serde::{Deserialize, Serialize};
 
 use super::{lock_file, sync_dir, Store, StoreError, StoreLock};
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
 /// One name in the store.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

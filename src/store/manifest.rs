@@ -11,12 +11,12 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
-pub use crate::media;
+pub use crate::image::media;
 
 
-pub use crate::media::MAX_MANIFEST_SIZE;
+pub use crate::image::media::MAX_MANIFEST_SIZE;
 /// Largest image configuration berth reads.
 pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
 pub use blob::Ingest;
 pub use image::{Image, Layer};

@@ -47,7 +47,7 @@ pub(crate) struct Meta {
 
 /// Writes one layer's worth of entries into a destination, in-root. Driven
 /// by a tar stream here, and by a walk of a cached layer directory when
-/// flattening (`crate::layers`).
+/// flattening (`crate::unpack::cache`).
 pub(crate) struct Applier<'a> {
     pub root: Root,
     root_fd: Rc<OwnedFd>,

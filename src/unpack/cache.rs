@@ -38,7 +38,7 @@ use std::sync::Mutex;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 use crate::unpack::apply::{Applier, Meta};
 use crate::unpack::name::Name;
 use crate::unpack::sys;

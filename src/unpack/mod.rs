@@ -32,7 +32,7 @@ pub(crate) mod xattr;
 use std::io::Read;
 use std::path::Path;
 
-use crate::digest::Digest;
+use crate::image::digest::Digest;
 
 pub use decompress::{decompress, read_ahead, UnsupportedMediaType};
 pub use ids::IdPolicy;

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::io::{self, Read};
 use std::rc::Rc;
 
-use crate::digest::{Digest, Hasher};
+use crate::image::digest::{Digest, Hasher};
 
 /// Which limit stopped the stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

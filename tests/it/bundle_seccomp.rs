@@ -36,7 +36,7 @@ fn child(profile: &str) {
     let seccomp: libcontainer::oci_spec::runtime::LinuxSeccomp = serde_json::from_str(&json).unwrap();
     // berth's pod runtime compiles the profile once, ahead of the container.
     let precompiled = (profile == "precompiled")
-        .then(|| berth::runtime::seccomp::compile(spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap()).unwrap());
+        .then(|| berth::runtime::pod::seccomp::compile(spec.linux().as_ref().unwrap().seccomp().as_ref().unwrap()).unwrap());
     nix::sys::prctl::set_no_new_privs().unwrap();
     match precompiled {
         Some(filter) => filter.load().unwrap(),

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use berth::config::{AuthFiles, CertDirs, Registries};
-use berth::digest::Digest;
-use berth::reference::RegistryRef;
+use berth::image::digest::Digest;
+use berth::image::reference::RegistryRef;
 use berth::registry::{media, Blob, Client, ClientOptions, RegistryError, RetryPolicy};
 use futures_util::StreamExt;
 

@@ -9,8 +9,8 @@ use std::fs;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
-use berth::digest::Digest;
-use berth::layers::{overlay_mount_options, LayerCache, LayerSource};
+use berth::image::digest::Digest;
+use berth::unpack::cache::{overlay_mount_options, LayerCache, LayerSource};
 use berth::unpack::{apply_layer, decompress, ErrorKind, IdPolicy, UnpackOptions, WhiteoutMode};
 use crate::hostile::*;
 

@@ -13,8 +13,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use berth::digest::Digest;
-use berth::layers::{LayerCache, LayerSource};
+use berth::image::digest::Digest;
+use berth::unpack::cache::{LayerCache, LayerSource};
 use berth::unpack::{apply_layer, ErrorKind, IdPolicy, UnpackOptions, WhiteoutMode};
 use crate::common::{test_name, test_user_ids, TEST_USER};
 use crate::hostile::*;

@@ -22,7 +22,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     // Most often a directory of ours without write permission, such as the
     // mode-0000 `work/work` overlayfs leaves in every container's work dir:
     // fixing modes is far cheaper than a user namespace.
-    if crate::layers::remove_tree(path).is_ok() {
+    if crate::unpack::cache::remove_tree(path).is_ok() {
         return Ok(());
     }
     // Already uid 0 of a user namespace (e.g. inside the pod process): no

@@ -273,7 +273,7 @@ static OVERLAY_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 #[derive(Debug, thiserror::Error)]
 enum OverlayProblem {
     #[error("{0}")]
-    Options(crate::layers::LayersError),
+    Options(crate::unpack::cache::LayersError),
     /// mount(2) takes one page of options and silently cuts the rest.
     #[error("the layer list is too long for one mount ({0} bytes of options, at most {1})")]
     TooLong(usize, usize),
@@ -301,7 +301,7 @@ fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -
     let started = std::time::Instant::now();
     // `lowers` is top first; the options builder wants bottom first.
     let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
-    let opts = crate::layers::overlay_mount_options(&bottom_first, upper, work).map_err(OverlayProblem::Options)?;
+    let opts = crate::unpack::cache::overlay_mount_options(&bottom_first, upper, work).map_err(OverlayProblem::Options)?;
     // SAFETY: sysconf has no preconditions.
     let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
     if opts.len() >= page {
@@ -323,7 +323,7 @@ fn copy_layers(name: &str, layers: Vec<PathBuf>, dest: &Path) -> Result<(), Cont
         (u, g) if u > 1 && g > 1 => crate::unpack::IdPolicy::Keep { max_uid: (u - 1) as u32, max_gid: (g - 1) as u32 },
         _ => crate::unpack::IdPolicy::Squash,
     };
-    crate::layers::flatten_dirs(&layers, dest, ids)
+    crate::unpack::cache::flatten_dirs(&layers, dest, ids)
         .map_err(|e| ContainerError::Invalid { name: name.to_string(), what: format!("copying its root filesystem: {e}") })?;
     tracing::debug!(layers = layers.len(), elapsed = ?started.elapsed(), "copied the layers of {name}");
     Ok(())

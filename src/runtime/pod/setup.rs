@@ -43,7 +43,7 @@ impl Pod {
         {
             Ok(()) => {
                 if let Some(own) = own {
-                    match crate::runtime::cgroup::enter_leaf(cg, &own.controllers) {
+                    match crate::runtime::host::cgroup::enter_leaf(cg, &own.controllers) {
                         Ok(()) => self.own_cgroup = true,
                         Err(e) => tracing::warn!("setting up the pod cgroup {}: {e}: no resource limits", own.dir.display()),
                     }

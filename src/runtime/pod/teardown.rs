@@ -54,7 +54,7 @@ impl Pod {
 
     pub(super) fn peak_memory(&self) -> Option<u64> {
         if self.own_cgroup {
-            if let Some(peak) = crate::runtime::cgroup::read_peak(Path::new("/sys/fs/cgroup")) {
+            if let Some(peak) = crate::runtime::host::cgroup::read_peak(Path::new("/sys/fs/cgroup")) {
                 return Some(peak);
             }
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use berth::digest::Digest;
+use berth::image::digest::Digest;
 
 use crate::common::{free_port, make_certs, wait_until};
 
