@@ -372,8 +372,8 @@ fn image_containers(
             bundle: spec_dir,
             rootfs,
             command: None,
-            readiness: c.readiness.as_ref().map(Into::into),
-            limits: (&c.limits).into(),
+            readiness: c.readiness.clone(),
+            limits: c.limits.clone(),
             mounts,
             tty,
         });

@@ -77,6 +77,34 @@ impl IdMapping {
 
     /// Builds the mapping from the user's own ids and optional subordinate
     /// ranges `(start, count)`. Both ranges are needed for a full mapping.
+    /// The maps of the user namespace this process is in, read from
+    /// `/proc/self/{uid,gid}_map` (unreadable maps read as empty).
+    pub fn of_current_process() -> IdMapping {
+        let read = |file: &str| -> Vec<IdRange> {
+            fs::read_to_string(Path::new("/proc/self").join(file))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace().map(|n| n.parse::<u32>().ok());
+                    Some(IdRange { container: f.next()??, host: f.next()??, count: f.next()?? })
+                })
+                .collect()
+        };
+        IdMapping { uids: read("uid_map"), gids: read("gid_map") }
+    }
+
+    /// True for the initial user namespace, which maps the whole 32-bit range
+    /// onto itself.
+    pub fn is_initial(&self) -> bool {
+        self.uids == [IdRange { container: 0, host: 0, count: u32::MAX }]
+    }
+
+    /// How many uids and gids are mapped.
+    pub fn counts(&self) -> (u64, u64) {
+        let sum = |rs: &[IdRange]| rs.iter().map(|r| u64::from(r.count)).sum();
+        (sum(&self.uids), sum(&self.gids))
+    }
+
     pub fn from_ranges(
         uid: u32,
         gid: u32,

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 use std::str::FromStr;
+use std::time::Duration;
 
 use thiserror::Error;
 
@@ -72,12 +73,19 @@ pub struct Container {
     pub tty: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Default)]
+/// A container's resource limits (the pod plan carries them as they are).
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     pub memory_bytes: Option<u64>,
     /// CPU in thousandths of a core (Kubernetes millicores).
     pub cpu_millis: Option<u64>,
     pub pids: Option<u64>,
+}
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        self.memory_bytes.is_none() && self.cpu_millis.is_none() && self.pids.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,21 +111,27 @@ pub enum VolumeSource {
     Image { reference: String },
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A readiness probe (the pod plan carries it as it is).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Probe {
     pub action: ProbeAction,
-    pub initial_delay_ms: u64,
-    pub period_ms: u64,
-    pub timeout_ms: u64,
+    pub initial_delay: Duration,
+    /// At least a millisecond in a valid pod, as is `timeout`.
+    pub period: Duration,
+    pub timeout: Duration,
     /// Consecutive failures after which the pod fails to start. With the
     /// period this bounds how long berth waits for readiness.
     pub failure_threshold: u32,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProbeAction {
+    /// Run in the container (tenant exec); exit 0 is ready.
     Exec(Vec<String>),
-    TcpSocket(u16),
+    /// Connect to 127.0.0.1:PORT in the pod's network namespace (Kubernetes
+    /// `tcpSocket`).
+    Tcp(u16),
 }
 
 /// A pod that breaks a rule. `path` names the offending field the way a Pod
@@ -324,14 +338,14 @@ fn validate_container(c: &Container, init: bool, path: &str, volumes: &HashSet<&
             ProbeAction::Exec(cmd) if cmd.iter().any(|a| a.contains('\0')) => {
                 return err("readinessProbe.exec.command", format!("container {name:?}: the probe command contains a NUL byte"));
             }
-            ProbeAction::TcpSocket(0) => {
+            ProbeAction::Tcp(0) => {
                 return err("readinessProbe.tcpSocket.port", format!("container {name:?}: port 0 is not a port"));
             }
             _ => {}
         }
         for (field, zero) in [
-            ("periodSeconds", p.period_ms == 0),
-            ("timeoutSeconds", p.timeout_ms == 0),
+            ("periodSeconds", p.period.is_zero()),
+            ("timeoutSeconds", p.timeout.is_zero()),
             ("failureThreshold", p.failure_threshold == 0),
         ] {
             if zero {
@@ -445,10 +459,10 @@ mod tests {
             (
                 Box::new(|p| {
                     p.init_containers[0].readiness = Some(Probe {
-                        action: ProbeAction::TcpSocket(80),
-                        initial_delay_ms: 0,
-                        period_ms: 1000,
-                        timeout_ms: 1000,
+                        action: ProbeAction::Tcp(80),
+                        initial_delay: Duration::ZERO,
+                        period: Duration::from_secs(1),
+                        timeout: Duration::from_secs(1),
                         failure_threshold: 3,
                     })
                 }),
@@ -458,9 +472,9 @@ mod tests {
                 Box::new(|p| {
                     p.containers[1].readiness = Some(Probe {
                         action: ProbeAction::Exec(vec![]),
-                        initial_delay_ms: 0,
-                        period_ms: 1000,
-                        timeout_ms: 1000,
+                        initial_delay: Duration::ZERO,
+                        period: Duration::from_secs(1),
+                        timeout: Duration::from_secs(1),
                         failure_threshold: 3,
                     })
                 }),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::pod;
-pub use crate::pod::Network;
+pub use crate::pod::{Limits, Network, Probe, ProbeAction};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodPlan {
@@ -123,58 +123,6 @@ pub struct BindMount {
     pub destination: String,
     #[serde(default)]
     pub read_only: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Limits {
-    pub memory_bytes: Option<u64>,
-    pub cpu_millis: Option<u64>,
-    pub pids: Option<u64>,
-}
-
-impl Limits {
-    pub fn is_empty(&self) -> bool {
-        self.memory_bytes.is_none() && self.cpu_millis.is_none() && self.pids.is_none()
-    }
-}
-
-impl From<&pod::Limits> for Limits {
-    fn from(l: &pod::Limits) -> Limits {
-        Limits { memory_bytes: l.memory_bytes, cpu_millis: l.cpu_millis, pids: l.pids }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Probe {
-    pub action: ProbeAction,
-    pub initial_delay: Duration,
-    pub period: Duration,
-    pub timeout: Duration,
-    pub failure_threshold: u32,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ProbeAction {
-    /// Run in the container (tenant exec); exit 0 is ready.
-    Exec(Vec<String>),
-    /// Connect to 127.0.0.1:PORT in the pod's network namespace.
-    Tcp(u16),
-}
-
-impl From<&pod::Probe> for Probe {
-    fn from(p: &pod::Probe) -> Probe {
-        Probe {
-            action: match &p.action {
-                pod::ProbeAction::Exec(cmd) => ProbeAction::Exec(cmd.clone()),
-                pod::ProbeAction::TcpSocket(port) => ProbeAction::Tcp(*port),
-            },
-            initial_delay: Duration::from_millis(p.initial_delay_ms),
-            period: Duration::from_millis(p.period_ms.max(1)),
-            timeout: Duration::from_millis(p.timeout_ms.max(1)),
-            failure_threshold: p.failure_threshold.max(1),
-        }
-    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]

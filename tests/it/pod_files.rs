@@ -71,8 +71,8 @@ fn demo_bundle_is_the_readme_demo() {
     assert_eq!(cmd[..2], ["sh", "-c"]);
     assert!(cmd[2].starts_with("trap 'exit 0' TERM;") && cmd[2].contains("httpd -f -p 8080 -h /workspace"), "{cmd:?}");
     let probe = web.readiness.as_ref().unwrap();
-    assert_eq!(probe.action, ProbeAction::TcpSocket(8080), "named port resolved");
-    assert_eq!((probe.initial_delay_ms, probe.period_ms, probe.timeout_ms, probe.failure_threshold), (0, 1000, 1000, 30));
+    assert_eq!(probe.action, ProbeAction::Tcp(8080), "named port resolved");
+    assert_eq!((probe.initial_delay.as_millis(), probe.period.as_millis(), probe.timeout.as_millis(), probe.failure_threshold), (0, 1000, 1000, 30));
     assert!(web.volume_mounts[0].read_only);
     assert_eq!(pod.volumes[0].source, VolumeSource::EmptyDir);
     for c in pod.init_containers.iter().chain(&pod.containers) {
@@ -262,21 +262,21 @@ fn quantities_in_limits() {
 fn probes_have_kubernetes_defaults() {
     let (pod, _) = parse(&with_container_fields("    readinessProbe:\n      tcpSocket:\n        port: 5432\n"));
     let p = pod.containers[0].readiness.clone().unwrap();
-    assert_eq!(p.action, ProbeAction::TcpSocket(5432));
-    assert_eq!((p.initial_delay_ms, p.period_ms, p.timeout_ms, p.failure_threshold), (0, 10_000, 1_000, 3));
+    assert_eq!(p.action, ProbeAction::Tcp(5432));
+    assert_eq!((p.initial_delay.as_millis(), p.period.as_millis(), p.timeout.as_millis(), p.failure_threshold), (0, 10_000, 1_000, 3));
 
     let (pod, _) = parse(&with_container_fields(
         "    readinessProbe:\n      exec:\n        command: [pg_isready, -U, \"5\"]\n      initialDelaySeconds: 2\n      periodSeconds: 0\n      timeoutSeconds: 4\n      failureThreshold: 9\n      successThreshold: 1\n",
     ));
     let p = pod.containers[0].readiness.clone().unwrap();
     assert_eq!(p.action, ProbeAction::Exec(vec!["pg_isready".into(), "-U".into(), "5".into()]));
-    assert_eq!((p.initial_delay_ms, p.period_ms, p.timeout_ms, p.failure_threshold), (2000, 10_000, 4000, 9));
+    assert_eq!((p.initial_delay.as_millis(), p.period.as_millis(), p.timeout.as_millis(), p.failure_threshold), (2000, 10_000, 4000, 9));
 
     let (pod, _) = parse(&with_container_fields(
         "    ports:\n    - {name: pg, containerPort: 5432}\n    - {name: http, containerPort: 80}\n    readinessProbe: {tcpSocket: {port: http}}\n",
     ));
     assert_eq!(pod.containers[0].ports, [5432, 80]);
-    assert_eq!(pod.containers[0].readiness.as_ref().unwrap().action, ProbeAction::TcpSocket(80));
+    assert_eq!(pod.containers[0].readiness.as_ref().unwrap().action, ProbeAction::Tcp(80));
 }
 
 #[test]

@@ -444,7 +444,7 @@ impl Walk {
                 _ => port_number(port, &pp)?,
             };
             self.finish(t, &[("host", Warn("berth probes 127.0.0.1 in the pod"))])?;
-            actions.push((v.mark, ProbeAction::TcpSocket(number)));
+            actions.push((v.mark, ProbeAction::Tcp(number)));
         }
         let seconds = |walk: &mut Walk, o: &mut Obj<'_>, key: &str, default: u64| -> Res<u64> {
             match walk.field(o, key) {
@@ -477,9 +477,9 @@ impl Walk {
         };
         Ok(Probe {
             action,
-            initial_delay_ms: initial_delay * 1000,
-            period_ms: period * 1000,
-            timeout_ms: timeout * 1000,
+            initial_delay: std::time::Duration::from_secs(initial_delay),
+            period: std::time::Duration::from_secs(period),
+            timeout: std::time::Duration::from_secs(timeout),
             failure_threshold: u32::try_from(failure_threshold).unwrap_or(u32::MAX),
         })
     }

@@ -100,7 +100,7 @@ impl PodCgroup {
             Ok(()) => {}
             // A pod of this name that was killed before it could clean up.
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                remove_tree(&dir).map_err(io_at(&dir))?;
+                remove_cgroups(&dir).map_err(io_at(&dir))?;
                 fs::create_dir(&dir).map_err(io_at(&dir))?;
             }
             Err(e) => return Err(io_at(&dir)(e)),
@@ -126,7 +126,7 @@ impl PodCgroup {
         // The path comes from a file in the state directory: never act on
         // anything but a cgroup.
         match nix::sys::statfs::statfs(&self.dir) {
-            Ok(s) if s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => remove_tree(&self.dir),
+            Ok(s) if s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => remove_cgroups(&self.dir),
             Ok(_) => Err(io::Error::other(format!("{} is not a cgroup", self.dir.display()))),
             Err(nix::errno::Errno::ENOENT) => Ok(()),
             Err(e) => Err(e.into()),
@@ -195,7 +195,7 @@ fn write(path: &Path, text: &str) -> Result<(), Unavailable> {
 
 /// Removes a cgroup directory and every cgroup below it, deepest first
 /// (cgroupfs removes a directory's files with it; rmdir is the only way).
-fn remove_tree(dir: &Path) -> io::Result<()> {
+fn remove_cgroups(dir: &Path) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -204,7 +204,7 @@ fn remove_tree(dir: &Path) -> io::Result<()> {
     for e in entries {
         let e = e?;
         if e.file_type()?.is_dir() {
-            remove_tree(&e.path())?;
+            remove_cgroups(&e.path())?;
         }
     }
     // A process that has just been reaped may still be leaving the cgroup.
@@ -259,13 +259,13 @@ mod tests {
     }
 
     #[test]
-    fn remove_tree_removes_nested_directories_and_tolerates_absence() {
+    fn remove_cgroups_removes_nested_directories_and_tolerates_absence() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("a.pod");
         fs::create_dir_all(p.join("berth.init")).unwrap();
         fs::create_dir_all(p.join("web")).unwrap();
-        remove_tree(&p).unwrap();
+        remove_cgroups(&p).unwrap();
         assert!(!p.exists());
-        remove_tree(&p).unwrap();
+        remove_cgroups(&p).unwrap();
     }
 }

@@ -13,17 +13,13 @@ use crate::userns::{IdMapping, SpawnOptions};
 
 /// Removes `path` recursively; a missing path is not an error.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
-    match std::fs::remove_dir_all(path) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
-        Err(_) => {}
-    }
     // Most often a directory of ours without write permission, such as the
     // mode-0000 `work/work` overlayfs leaves in every container's work dir:
-    // fixing modes is far cheaper than a user namespace.
-    if crate::unpack::cache::remove_tree(path).is_ok() {
-        return Ok(());
+    // the cache's remover fixes modes, far cheaper than a user namespace.
+    match crate::unpack::cache::remove_tree(path) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() != io::ErrorKind::PermissionDenied => return Err(e),
+        Err(_) => {}
     }
     // Already uid 0 of a user namespace (e.g. inside the pod process): no
     // other mapping would do better.
@@ -41,7 +37,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     }
 }
 
-/// The body of ``Entry::Rmtree` PATH`: runs as uid 0 of a mapped
+/// The body of [`Entry::Rmtree`]: runs as uid 0 of a mapped
 /// user namespace.
 pub fn rmtree_in_namespace(path: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(path) {
@@ -52,8 +48,6 @@ pub fn rmtree_in_namespace(path: &Path) -> io::Result<()> {
 
 /// True when this process is not in the initial user namespace.
 pub fn in_user_namespace() -> bool {
-    // The initial namespace maps the whole 32-bit range.
-    std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| !m.split_whitespace().collect::<Vec<_>>().starts_with(&["0", "0", "4294967295"]))
-        .unwrap_or(false)
+    let m = IdMapping::of_current_process();
+    !m.uids.is_empty() && !m.is_initial()
 }

@@ -319,7 +319,7 @@ fn mount_overlay(lowers: &[PathBuf], upper: &Path, work: &Path, target: &Path) -
 /// mapped id: the cache squashed them already).
 fn copy_layers(name: &str, layers: Vec<PathBuf>, dest: &Path) -> Result<(), ContainerError> {
     let started = std::time::Instant::now();
-    let ids = match (mapped_ids("/proc/self/uid_map"), mapped_ids("/proc/self/gid_map")) {
+    let ids = match crate::userns::IdMapping::of_current_process().counts() {
         (u, g) if u > 1 && g > 1 => crate::unpack::IdPolicy::Keep { max_uid: (u - 1) as u32, max_gid: (g - 1) as u32 },
         _ => crate::unpack::IdPolicy::Squash,
     };
@@ -330,11 +330,6 @@ fn copy_layers(name: &str, layers: Vec<PathBuf>, dest: &Path) -> Result<(), Cont
 }
 
 /// How many ids an id map file maps.
-fn mapped_ids(map: &str) -> u64 {
-    let text = fs::read_to_string(map).unwrap_or_default();
-    text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum::<u64>().min(u64::from(u32::MAX))
-}
-
 /// Resolves the process's `args[0]` inside `rootfs` against its `PATH`, as
 /// the kernel would see it after pivot_root, so a missing or
 /// non-executable command is reported as 127/126 before anything starts.

@@ -87,8 +87,6 @@ pub fn hosts_file(plan: &PodPlan) -> String {
 
 /// True when the user namespace maps a single gid (no subordinate range).
 pub(super) fn single_gid_mapped() -> bool {
-    let map = fs::read_to_string("/proc/self/gid_map").unwrap_or_default();
-    let total: u64 = map.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()).sum();
-    total <= 1
+    crate::userns::IdMapping::of_current_process().counts().1 <= 1
 }
 
