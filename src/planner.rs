@@ -18,6 +18,7 @@ use crate::pod::{self, Container, Pod, VolumeSource};
 use crate::provision::{Fetch, Provision};
 use crate::runtime::{self, BindMount, ImageVolume, PlannedContainer, PodDir, PodPlan, Role, RootfsSource};
 use crate::store::Image;
+use crate::unpack::cache::LayerLease;
 use crate::userns::IdMapping;
 
 /// Seconds between SIGTERM and SIGKILL when neither the settings nor the pod
@@ -148,21 +149,38 @@ pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> 
         pod.init_containers.iter().chain(&pod.containers).map(|c| c.image.clone()).chain(volume_images).collect();
     refs.sort();
     refs.dedup();
+    // gc waits until the layers are unpacked and leased: it cannot take
+    // the blobs they are unpacked from.
+    let provisioning = prov.store.lock_shared()?;
     let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images(&refs, &s.fetch)?).collect();
     let mut layers: HashMap<String, Vec<PathBuf>> = HashMap::new();
+    // Held until the pod has ended: `gc` passes these layers by.
+    let mut lease = LayerLease::none();
     for (r, image) in &images {
-        layers.insert(r.clone(), prov.layers(image)?);
+        let (dirs, held) = prov.layers(image)?;
+        layers.insert(r.clone(), dirs);
+        lease = lease.join(held);
     }
+    drop(provisioning);
     let dir = PodDir::create(&paths.run_root, &pod.name)?;
+    let mut manifests: Vec<String> = images.values().map(|i| i.record.manifest.to_string()).collect();
+    manifests.sort();
+    manifests.dedup();
+    if let Err(e) = dir.write_images(&manifests) {
+        let _ = dir.remove();
+        return Err(e.into());
+    }
     let shape = PodShape {
         name: pod.name.clone(),
         network: pod.network,
         share_pid: pod.share_process_namespace,
         grace: pod.grace_seconds.map(Duration::from_secs),
     };
-    launch(paths, dir, &shape, s, &prov.mapping, |dir| {
+    let status = launch(dir, &shape, s, &prov.mapping, |dir| {
         image_containers(pod, s, &prov.mapping, &images, &layers, dir)
-    })
+    });
+    drop(lease);
+    status
 }
 
 /// A pod of ready OCI bundles (tests and benchmarks): no store involved.
@@ -221,7 +239,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
             tty: c.tty,
         })
         .collect();
-    launch(paths, dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
+    launch(dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
 }
 
 /// What the plan takes from the pod besides its containers.
@@ -235,42 +253,43 @@ struct PodShape {
 
 /// The one path from containers to a running pod: the workspace, the plan,
 /// the launch, and cleanup of whatever this run made, on every outcome.
+/// A pod that never started leaves nothing, `--keep` or not.
 fn launch(
-    paths: &Paths,
     dir: PodDir,
     shape: &PodShape,
     s: &RunSettings,
     mapping: &IdMapping,
     containers: impl FnOnce(&PodDir) -> anyhow::Result<(Vec<PlannedContainer>, Vec<ImageVolume>)>,
 ) -> anyhow::Result<u8> {
-    let result = workspace(paths, &shape.name, s).and_then(|(workspace, own)| {
-        let result = containers(&dir).and_then(|(containers, image_volumes)| {
-            let plan = PodPlan {
-                name: shape.name.clone(),
-                containers,
-                workspace: workspace.clone(),
-                workspace_path: s.workspace_path.clone(),
-                network: shape.network,
-                share_pid: shape.share_pid,
-                extra_hosts: Vec::new(),
-                // Grace given explicitly wins over the pod file's.
-                grace: s.grace.or(shape.grace).unwrap_or(DEFAULT_GRACE),
-                quiet_sidecars: s.quiet_sidecars,
-                pids_limit: s.pids_limit,
-                image_volumes,
-            };
-            let opts = runtime::LaunchOptions { mapping, verbose: s.verbose, keep_state: s.keep };
-            Ok(runtime::launch(&plan, &dir, &opts)?)
-        });
-        if own && !s.keep {
-            if let Err(e) = runtime::host::cleanup::remove_tree(&workspace) {
-                tracing::warn!("removing workspace {}: {e}", workspace.display());
-            }
+    let result = workspace(&dir, s).and_then(|workspace| {
+        let (containers, image_volumes) = containers(&dir)?;
+        let plan = PodPlan {
+            name: shape.name.clone(),
+            containers,
+            workspace: workspace.clone(),
+            workspace_path: s.workspace_path.clone(),
+            network: shape.network,
+            share_pid: shape.share_pid,
+            extra_hosts: Vec::new(),
+            // Grace given explicitly wins over the pod file's.
+            grace: s.grace.or(shape.grace).unwrap_or(DEFAULT_GRACE),
+            quiet_sidecars: s.quiet_sidecars,
+            pids_limit: s.pids_limit,
+            image_volumes,
+        };
+        let opts = runtime::LaunchOptions { mapping, verbose: s.verbose, keep_state: s.keep };
+        let status = runtime::launch(&plan, &dir, &opts)?;
+        if s.keep && s.workspace.is_none() {
+            eprintln!("berth: kept the workspace of pod {} in {} (`berth rm {}` removes it)", shape.name, workspace.display(), shape.name);
         }
-        result
+        Ok(status)
     });
-    if result.is_err() && !s.keep {
-        let _ = dir.remove();
+    // On success the runtime removed the state (with the workspace) unless
+    // kept.
+    if result.is_err() {
+        if let Err(e) = dir.remove() {
+            tracing::warn!("removing pod state {}: {}", dir.dir.display(), runtime::error_chain(&e));
+        }
     }
     result
 }
@@ -279,18 +298,19 @@ fn ensure_run_root(paths: &Paths) -> anyhow::Result<()> {
     Paths::ensure_private_dir(&paths.run_root).with_context(|| format!("creating {}", paths.run_root.display()))
 }
 
-/// The workspace directory, and whether this run made it.
-fn workspace(paths: &Paths, pod: &str, s: &RunSettings) -> anyhow::Result<(PathBuf, bool)> {
+/// The workspace directory: the one given, or a fresh, empty one in the
+/// pod's state directory, which goes with the pod.
+fn workspace(dir: &PodDir, s: &RunSettings) -> anyhow::Result<PathBuf> {
     match &s.workspace {
         Some(w) => {
             let w = std::path::absolute(w).unwrap_or(w.clone());
             anyhow::ensure!(w.is_dir(), "workspace {} is not a directory", w.display());
-            Ok((w, false))
+            Ok(w)
         }
         None => {
-            let w = paths.run_root.join("workspaces").join(pod);
-            std::fs::create_dir_all(&w).with_context(|| format!("creating workspace {}", w.display()))?;
-            Ok((w, true))
+            let w = dir.workspace();
+            std::fs::create_dir(&w).with_context(|| format!("creating workspace {}", w.display()))?;
+            Ok(w)
         }
     }
 }

@@ -15,7 +15,7 @@ use crate::config::Registries;
 use crate::paths::Paths;
 use crate::reexec::Entry;
 use crate::image::digest::Digest;
-use crate::unpack::cache::{self, LayerCache, LayerSource};
+use crate::unpack::cache::{self, LayerCache, LayerLease, LayerSource};
 use crate::fetch::progress::{Mode, Progress};
 use crate::fetch::pull::{self, PullOptions};
 use crate::image::reference::{self, ImageRef};
@@ -81,7 +81,8 @@ impl Provision {
             for (i, parsed) in missing {
                 let record = rt
                     .block_on(pull::pull(&self.store, &parsed, &opts, &progress))
-                    .with_context(|| format!("pull {}", refs[i]))?;
+                    .with_context(|| format!("pull {}", refs[i]))
+                    .map_err(|e| if crate::store::is_disk_full(e.as_ref()) { e.context(crate::store::disk_full_hint(&self.root)) } else { e })?;
                 out[i] = Some(self.store.image_of(record)?);
             }
         }
@@ -103,22 +104,30 @@ impl Provision {
     }
 
     /// The cached layer directories of `image`, bottom first, unpacking the
-    /// missing ones in the pod's user namespace.
-    pub fn layers(&self, image: &Image) -> anyhow::Result<Vec<PathBuf>> {
+    /// missing ones in the pod's user namespace; and the lease that keeps
+    /// them from `gc` while the pod lives (taken before they are unpacked).
+    pub fn layers(&self, image: &Image) -> anyhow::Result<(Vec<PathBuf>, LayerLease)> {
+        let lease = self.lease(image)?;
         let dirs: Vec<PathBuf> = image.layers.iter().map(|l| self.cache.layer_dir(&l.diff_id)).collect();
         if dirs.iter().all(|d| d.is_dir()) {
-            return Ok(dirs);
+            return Ok((dirs, lease));
         }
         self.unpack_in_namespace(&self.job(image, None)).with_context(|| format!("unpack {}", image.record.name))?;
-        Ok(dirs)
+        Ok((dirs, lease))
     }
 
     /// Writes a self-contained rootfs of `image` into `dest` (an existing,
     /// empty directory), from the layer cache, in the pod's user namespace
     /// so every file keeps its mapped owner.
     pub fn flatten(&self, image: &Image, dest: &Path) -> anyhow::Result<()> {
+        let _lease = self.lease(image)?;
         self.unpack_in_namespace(&self.job(image, Some(dest.to_path_buf())))
             .with_context(|| format!("unpack {} into {}", image.record.name, dest.display()))
+    }
+
+    fn lease(&self, image: &Image) -> anyhow::Result<LayerLease> {
+        let ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+        Ok(self.cache.lease(&ids)?)
     }
 
     fn job(&self, image: &Image, flatten_to: Option<PathBuf>) -> UnpackJob {
@@ -154,7 +163,13 @@ impl Provision {
 
     fn unpack_in_namespace(&self, job: &UnpackJob) -> anyhow::Result<()> {
         let tmp = self.cache.dir().join(format!(".job-{}.json", std::process::id()));
-        std::fs::write(&tmp, serde_json::to_vec(job)?).with_context(|| format!("writing {}", tmp.display()))?;
+        // Locked while this process lives: gc removes it only once we are
+        // gone, whichever way we went.
+        let mut held = cache::try_flock(&tmp)?.with_context(|| format!("{} is in use", tmp.display()))?;
+        let bytes = serde_json::to_vec(job)?;
+        held.set_len(0)
+            .and_then(|()| std::io::Write::write_all(&mut held, &bytes))
+            .with_context(|| format!("writing {}", tmp.display()))?;
         let opts = userns::SpawnOptions {
             parent_death_signal: Some(nix::sys::signal::Signal::SIGKILL),
             ..Default::default()
@@ -213,15 +228,21 @@ pub fn unpack_job(job_file: &Path) -> anyhow::Result<()> {
     };
     if let Some(keep) = job.gc_keep {
         let keep: std::collections::HashSet<Digest> = keep.into_iter().collect();
-        let mut removed = 0;
+        let (mut removed, mut in_use) = (0, 0);
         for entry in std::fs::read_dir(root.join("layers"))? {
             let key = entry?.file_name();
             let Some(key) = key.to_str() else { continue };
             if let Ok(cache) = LayerCache::open(&root, key, ids) {
-                removed += cache.gc(&keep)?;
+                let count = cache.gc_counting(&keep)?;
+                removed += count.removed;
+                in_use += count.in_use;
             }
         }
-        eprintln!("removed {removed} unpacked layers");
+        if in_use > 0 {
+            eprintln!("removed {removed} unpacked layers; kept {in_use} in use by running pods");
+        } else {
+            eprintln!("removed {removed} unpacked layers");
+        }
         return Ok(());
     }
     let cache = LayerCache::open(&root, &job.key, ids)?;

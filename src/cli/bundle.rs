@@ -66,6 +66,8 @@ pub fn run(g: &Global, a: BundleArgs) -> anyhow::Result<u8> {
 fn write(g: &Global, a: &BundleArgs, dir: &Path) -> anyhow::Result<()> {
     let prov = Provision::open(&g.paths(), a.squash_ids, g.verbose)?;
     let fetch = Fetch { platform: a.platform.clone(), tls_verify: a.tls_verify, quiet: false };
+    // gc waits until the rootfs is written from the image's blobs.
+    let _provisioning = prov.store.lock_shared()?;
     let image = prov.images(std::slice::from_ref(&a.image), &fetch)?.remove(0);
 
     let rootfs = dir.join("rootfs");

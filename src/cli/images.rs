@@ -9,6 +9,7 @@ use super::Global;
 use super::pull::open_store;
 use berth::fetch::progress::human;
 use berth::image::reference::{self, ImageRef};
+use berth::runtime::state;
 use berth::store::{ImageRecord, Store, StoreError};
 
 #[derive(Debug, Args)]
@@ -66,6 +67,16 @@ pub fn rmi(g: &Global, a: RmiArgs) -> anyhow::Result<u8> {
             Ok(gone) => {
                 for rec in gone {
                     eprintln!("untagged {} ({})", rec.name, rec.manifest);
+                    // Untagging is safe: a running pod holds its layers
+                    // against gc (see unpack::cache), so nothing is refused.
+                    let pods = state::pods_using(&g.paths().run_root, &rec.manifest.to_string());
+                    if !pods.is_empty() {
+                        eprintln!(
+                            "{} is in use by running pod {}: its layers stay until the pod ends",
+                            rec.name,
+                            pods.join(", ")
+                        );
+                    }
                 }
             }
             Err(StoreError::NotFound(_)) => missing.push(r.as_str()),

@@ -33,7 +33,8 @@ pub fn run(g: &Global, a: PullArgs) -> anyhow::Result<u8> {
     let progress = Progress::new(Mode::detect(a.quiet));
     runtime()?
         .block_on(pull::pull(&store, &image, &opts, &progress))
-        .with_context(|| format!("pull {}", a.reference))?;
+        .with_context(|| format!("pull {}", a.reference))
+        .map_err(|e| if berth::store::is_disk_full(e.as_ref()) { e.context(berth::store::disk_full_hint(store.root())) } else { e })?;
     Ok(0)
 }
 

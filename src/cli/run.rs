@@ -60,13 +60,13 @@ pub struct RunArgs {
     /// Allocate a pseudo-terminal for the main container (never for Jenkins).
     #[arg(short = 't', long)]
     pub tty: bool,
-    /// Host directory shared by every container [default: a fresh one, removed at exit].
+    /// Host directory shared by every container [default: a fresh, empty one, removed with the pod].
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
     /// Where the workspace appears in the containers.
     #[arg(long, value_name = "PATH", default_value = "/workspace")]
     pub workspace_path: String,
-    /// Keep the workspace and state after the pod ends.
+    /// Keep the workspace and state after the pod ends (until `berth rm NAME`).
     #[arg(long)]
     pub keep: bool,
     /// The pod's network: `private` (its own namespace, loopback only) or

@@ -12,8 +12,14 @@
 //!   bundles/<container>/seccomp.bpf            its seccomp program (see `seccomp`)
 //!   rootfs/<container>/    overlay mount point, or the private copy (--rootfs copy)
 //!   containers/            libcontainer's state root (a tmpfs in the pod's mount namespace)
+//!   workspace/             the pod's own workspace (when not given with --workspace)
+//!   images.json            manifest digests of the images the pod runs (for `rmi`)
 //!   kept                   present when `berth run --keep` asked to keep the state
 //! ```
+//!
+//! The workspace lives in the state directory so that it is made fresh
+//! with every pod and goes with it: removed when the pod ends, when a dead
+//! pod's state is cleaned, or by `berth rm` when kept.
 //!
 //! Next to `pods/`, `<run_root>/seccomp/<key>.bpf` keeps compiled seccomp
 //! programs for later pods.
@@ -36,6 +42,8 @@ pub enum StateError {
     Exists(String),
     #[error("no pod named {0:?}")]
     NotFound(String),
+    #[error("pod {0:?} was kept with --keep: `berth rm {0}` first")]
+    Kept(String),
     #[error("{path}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}")]
@@ -116,6 +124,11 @@ impl PodDir {
                     if old.is_live() {
                         return Err(StateError::Exists(name.to_string()));
                     }
+                    // Its workspace was kept on purpose: never reused, never
+                    // dropped by another run.
+                    if old.is_kept() {
+                        return Err(StateError::Kept(name.to_string()));
+                    }
                     old.remove()?;
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -152,6 +165,18 @@ impl PodDir {
     }
     pub fn containers_root(&self) -> PathBuf {
         self.dir.join("containers")
+    }
+    /// The pod's own workspace (made by the planner when `--workspace` is
+    /// not given).
+    pub fn workspace(&self) -> PathBuf {
+        self.dir.join("workspace")
+    }
+    pub fn write_images(&self, manifests: &[String]) -> Result<(), StateError> {
+        write_json(&self.dir.join("images.json"), &manifests)
+    }
+    /// Manifest digests of the pod's images (none recorded: empty).
+    pub fn read_images(&self) -> Vec<String> {
+        read_json(&self.dir.join("images.json")).unwrap_or_default()
     }
     /// `<run_root>/seccomp`: compiled seccomp programs shared by all pods
     /// (see [`super::seccomp`]).
@@ -244,6 +269,11 @@ pub fn list(run_root: &Path) -> Vec<PodDir> {
     out
 }
 
+/// The names of the live pods that run the image with this manifest.
+pub fn pods_using(run_root: &Path, manifest: &str) -> Vec<String> {
+    list(run_root).into_iter().filter(|p| p.is_live() && p.read_images().iter().any(|m| m == manifest)).map(|p| p.name()).collect()
+}
+
 /// Removes the state of pods whose owner is gone (berth was SIGKILLed),
 /// unless it was kept on purpose. Failures are logged, never fatal: this
 /// runs before every berth command.
@@ -319,7 +349,11 @@ fn peak_rss_kib(pid: i32) -> Option<u64> {
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), StateError> {
     let tmp = path.with_extension("tmp");
     let data = serde_json::to_vec_pretty(value).map_err(|source| StateError::Json { path: path.to_path_buf(), source })?;
-    fs::write(&tmp, data).map_err(io_at(&tmp))?;
+    if let Err(e) = fs::write(&tmp, data) {
+        // A full disk leaves no half-written file behind.
+        let _ = fs::remove_file(&tmp);
+        return Err(io_at(&tmp)(e));
+    }
     fs::rename(&tmp, path).map_err(io_at(path))
 }
 

@@ -70,7 +70,12 @@ impl Store {
             .mode(0o600)
             .open(&tmp)
             .map_err(StoreError::io(&tmp))?;
-        f.write_all(&bytes).and_then(|_| f.sync_all()).map_err(StoreError::io(&tmp))?;
+        if let Err(e) = f.write_all(&bytes).and_then(|_| f.sync_all()) {
+            // A full disk leaves no empty index file behind.
+            drop(f);
+            let _ = std::fs::remove_file(&tmp);
+            return Err(StoreError::Io { path: tmp, source: e });
+        }
         std::fs::rename(&tmp, &path).map_err(StoreError::io(&path))?;
         sync_dir(&self.root)
     }

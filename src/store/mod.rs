@@ -77,6 +77,31 @@ impl StoreError {
     }
 }
 
+/// Whether `err`, or any error under it, is a full disk (or quota).
+pub fn is_disk_full(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        let full = e.downcast_ref::<StoreError>().is_some_and(StoreError::is_disk_full)
+            || e.downcast_ref::<io::Error>().is_some_and(|e| matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)));
+        if full {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
+}
+
+/// What to tell the user when a pull into `root` found the disk full: the
+/// partial download stays (to resume), so every later pull would fail too
+/// until space is freed.
+pub fn disk_full_hint(root: &Path) -> String {
+    format!(
+        "the disk holding the store {} is full; the partial download is kept to resume the pull, \
+         `berth gc` removes it with unused images and layers",
+        root.display()
+    )
+}
+
 /// A content store rooted at a directory. Cloning is cheap; all state is on
 /// disk, so any number of processes may open the same root.
 #[derive(Debug, Clone)]

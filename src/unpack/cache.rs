@@ -4,6 +4,7 @@
 //! ```text
 //! <store>/layers/<mapping-key>/<diff_id hex>/        a layer, overlay representation
 //! <store>/layers/<mapping-key>/<diff_id hex>.lock    flock while it is unpacked or removed
+//! <store>/layers/<mapping-key>/<diff_id hex>.use     shared flock per pod using it (a lease)
 //! <store>/layers/<mapping-key>/.tmp-<hex>-<pid>-<n>/ an unpack in progress
 //! ```
 //!
@@ -21,6 +22,11 @@
 //! rootfs where overlay is not available. Nothing handed out ever lets a
 //! container write into the cache: overlay writes go to a private upper
 //! dir, and flattening copies (never hard-links) file contents.
+//!
+//! A pod holds a [`LayerLease`] (a shared flock on each layer's `.use`
+//! file) from before its layers are unpacked until it ends; `gc` removes a
+//! layer only with that flock taken exclusively, so a layer under a running
+//! pod is never collected, and a pod killed with SIGKILL stops holding it.
 //!
 //! Ownership: with [`IdPolicy::Keep`], `ensure`, `flatten` and `gc` must run
 //! inside the user namespace whose mapping the key describes (as its uid 0),
@@ -257,14 +263,41 @@ impl LayerCache {
         Ok(())
     }
 
-    /// Removes every layer dir whose diff_id is not in `keep`, and leftovers
-    /// of interrupted unpacks. Returns how many layers were removed.
+    /// Holds the layers with these diff_ids (present or not yet unpacked)
+    /// against [`LayerCache::gc`] until the lease is dropped. Waits while gc
+    /// is removing one of them.
+    pub fn lease(&self, diff_ids: &[Digest]) -> Result<LayerLease, LayersError> {
+        let mut held = Vec::new();
+        let mut seen = HashSet::new();
+        for d in diff_ids.iter().filter(|d| seen.insert(*d)) {
+            let path = self.dir.join(format!("{}.use", d.hex()));
+            let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
+            held.push(flock(f, nix::fcntl::FlockArg::LockShared).map_err(io_err("locking", &path))?);
+        }
+        Ok(LayerLease { held })
+    }
+
+    /// Removes every layer dir whose diff_id is not in `keep` and no pod
+    /// holds, leftovers of interrupted unpacks, and job files of dead
+    /// unpacking processes. Returns how many layers were removed.
     pub fn gc(&self, keep: &HashSet<Digest>) -> Result<usize, LayersError> {
-        let mut removed = 0;
+        Ok(self.gc_counting(keep)?.removed)
+    }
+
+    /// [`LayerCache::gc`], also counting the layers kept for running pods.
+    pub fn gc_counting(&self, keep: &HashSet<Digest>) -> Result<GcCount, LayersError> {
+        let mut count = GcCount::default();
         for entry in fs::read_dir(&self.dir).map_err(io_err("listing", &self.dir))? {
             let entry = entry.map_err(io_err("listing", &self.dir))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
+            if name.starts_with(".job-") && name.ends_with(".json") {
+                // Locked by the berth that wrote it for as long as it lives.
+                if try_flock(&entry.path())?.is_some() {
+                    fs::remove_file(entry.path()).or_else(ignore_missing).map_err(io_err("removing", &entry.path()))?;
+                }
+                continue;
+            }
             if let Some(rest) = name.strip_prefix(".tmp-") {
                 // `.tmp-<hex>-…`: stale only if nobody holds the layer's lock.
                 let hex = rest.split('-').next().unwrap_or("");
@@ -278,6 +311,13 @@ impl LayerCache {
                 continue;
             }
             let _lock = self.lock(name)?;
+            // Held until removed: a pod leasing it meanwhile waits, then
+            // finds it gone and unpacks it again.
+            let Some(_unused) = try_flock(&self.dir.join(format!("{name}.use")))? else {
+                tracing::info!("layer {name} is in use by a running pod: kept");
+                count.in_use += 1;
+                continue;
+            };
             // Out of sight first (atomically), then deleted.
             let doomed = self.dir.join(format!(".tmp-{name}-gc-{}", std::process::id()));
             match fs::rename(entry.path(), &doomed) {
@@ -286,15 +326,13 @@ impl LayerCache {
                 Err(e) => return Err(LayersError::Io { op: "removing", path: entry.path(), source: e }),
             }
             remove_tree(&doomed).map_err(io_err("removing", &doomed))?;
-            removed += 1;
+            count.removed += 1;
         }
-        Ok(removed)
+        Ok(count)
     }
 
     fn try_lock(&self, hex: &str) -> Result<Option<File>, LayersError> {
-        let path = self.dir.join(format!("{hex}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(io_err("opening", &path))?;
-        Ok(sys::flock_exclusive(f.as_fd(), false).map_err(io_err("locking", &path))?.then_some(f))
+        try_flock(&self.dir.join(format!("{hex}.lock")))
     }
 
     /// Writes a self-contained rootfs into `dest` (an existing, empty
@@ -333,6 +371,55 @@ impl LayerCache {
         }
         Ok(())
     }
+}
+
+/// Layers held for a pod: see [`LayerCache::lease`].
+#[derive(Debug)]
+pub struct LayerLease {
+    held: Vec<nix::fcntl::Flock<File>>,
+}
+
+impl LayerLease {
+    /// Holds nothing (a pod of ready bundles).
+    pub fn none() -> LayerLease {
+        LayerLease { held: Vec::new() }
+    }
+
+    /// One lease holding both.
+    pub fn join(mut self, other: LayerLease) -> LayerLease {
+        self.held.extend(other.held);
+        self
+    }
+}
+
+/// What [`LayerCache::gc_counting`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GcCount {
+    pub removed: usize,
+    /// Unreferenced layers kept because a running pod holds them.
+    pub in_use: usize,
+}
+
+/// Opens (creating) `path` and takes an exclusive flock without waiting:
+/// `None` when someone holds it.
+pub fn try_flock(path: &Path) -> Result<Option<File>, LayersError> {
+    let f = File::options().create(true).truncate(false).write(true).open(path).map_err(io_err("opening", path))?;
+    Ok(sys::flock_exclusive(f.as_fd(), false).map_err(io_err("locking", path))?.then_some(f))
+}
+
+/// A blocking flock, retried on EINTR.
+fn flock(mut f: File, arg: nix::fcntl::FlockArg) -> io::Result<nix::fcntl::Flock<File>> {
+    loop {
+        match nix::fcntl::Flock::lock(f, arg) {
+            Ok(l) => return Ok(l),
+            Err((back, nix::errno::Errno::EINTR)) => f = back,
+            Err((_, e)) => return Err(e.into()),
+        }
+    }
+}
+
+fn ignore_missing(e: io::Error) -> io::Result<()> {
+    if e.kind() == io::ErrorKind::NotFound { Ok(()) } else { Err(e) }
 }
 
 /// [`LayerCache::flatten`] from layer dirs alone, for a caller that knows

@@ -345,6 +345,40 @@ fn gc_removes_unreferenced_layers_and_stale_temporaries() {
 }
 
 #[test]
+fn gc_passes_leased_layers_by_and_a_lease_waits_for_a_removal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let layers = blobs(tmp.path());
+    let cache = LayerCache::open(&tmp.path().join("store"), "k", keep()).unwrap();
+    let ids: Vec<Digest> = layers.iter().map(|l| l.diff_id.clone()).collect();
+    // Leased before it is unpacked, as a starting pod does.
+    let lease = cache.lease(&ids[..1]).unwrap();
+    let dirs = cache.ensure(&layers).unwrap();
+    let count = cache.gc_counting(&HashSet::new()).unwrap();
+    assert_eq!((count.removed, count.in_use), (1, 1));
+    assert!(dirs[0].is_dir() && !dirs[1].exists());
+    // A job file whose writer is gone goes; one still held stays.
+    let dead = cache.dir().join(".job-999999.json");
+    fs::write(&dead, "{}").unwrap();
+    let live = cache.dir().join(".job-1.json");
+    let held = berth::unpack::cache::try_flock(&live).unwrap().unwrap();
+    drop(lease);
+    assert_eq!(cache.gc(&HashSet::new()).unwrap(), 1);
+    assert!(!dirs[0].exists() && !dead.exists() && live.exists());
+    drop(held);
+
+    // A lease asked for while gc holds the layer waits for the removal.
+    cache.ensure(&layers).unwrap();
+    let removing = berth::unpack::cache::try_flock(&cache.dir().join(format!("{}.use", ids[0].hex()))).unwrap().unwrap();
+    std::thread::scope(|s| {
+        let waiter = s.spawn(|| cache.lease(&ids[..1]).unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!waiter.is_finished(), "a lease is granted while gc removes the layer");
+        drop(removing);
+        waiter.join().unwrap();
+    });
+}
+
+#[test]
 fn mapping_keys_separate_caches() {
     let tmp = tempfile::tempdir().unwrap();
     let layers = blobs(tmp.path());
