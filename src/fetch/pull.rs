@@ -135,7 +135,7 @@ pub async fn pull_registry(
         match resolve(client, c, opts).await {
             Ok(resolved) => return fetch(store, client, c, resolved, opts, progress).await,
             // A short name: a miss in one search registry is not the end.
-            Err(e) if several && candidate_may_miss(&e) => errors.push(e.to_string()),
+            Err(e) if several && candidate_may_miss(&e) => errors.push(crate::exit::chain(&e)),
             Err(e) => return Err(e),
         }
     }
