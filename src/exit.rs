@@ -25,9 +25,18 @@ pub fn from_wait(status: nix::sys::wait::WaitStatus) -> Option<u8> {
 /// One line on stderr: `berth: outer context: inner cause`. Never panics,
 /// even with stderr closed: a lost report must not kill work in progress.
 pub fn report(err: &(dyn std::error::Error + 'static)) {
+    say(&format!("berth: {}", chain(err)));
+}
+
+/// `line` and a newline on stderr, in one write; a failure is ignored.
+/// `eprintln!` panics when stderr is a pipe whose reader has gone (EPIPE,
+/// berth ignoring SIGPIPE): a closed stderr must not stop a pull or a pod.
+pub fn say(line: &str) {
     use std::io::Write as _;
-    let line = format!("berth: {}\n", chain(err));
-    let _ = std::io::stderr().write_all(line.as_bytes());
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().write_all(buf.as_bytes());
 }
 
 /// An error and its causes on one line (`a: b: c`), the way `anyhow`'s
@@ -64,7 +73,7 @@ mod tests {
         use std::path::PathBuf;
         let os = || std::io::Error::from_raw_os_error(libc::ENOENT);
         let path = || PathBuf::from("/no/such");
-        let pathrs_err = || pathrs::Root::open("/no/such/root").err().expect("no such root");
+        let pathrs_err = || pathrs::Root::open("/no/such/root").expect_err("no such root");
         let unpack = |kind| crate::unpack::UnpackError { layer: "sha256:ab".into(), entry: Some("etc/x".into()), kind };
         let store_io = || crate::store::StoreError::Io { path: path(), source: os() };
         use crate::unpack::ErrorKind;

@@ -221,7 +221,7 @@ pub fn unpack_job(job_file: &Path) -> anyhow::Result<()> {
                 removed += cache.gc(&keep)?;
             }
         }
-        eprintln!("removed {removed} unpacked layers");
+        crate::exit::say(&format!("removed {removed} unpacked layers"));
         return Ok(());
     }
     let cache = LayerCache::open(&root, &job.key, ids)?;

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::Global;
 use super::pull::open_store;
+use berth::exit;
 use berth::fetch::progress::human;
 use berth::image::reference::{self, ImageRef};
 use berth::store::{ImageRecord, Store, StoreError};
@@ -65,7 +66,7 @@ pub fn rmi(g: &Global, a: RmiArgs) -> anyhow::Result<u8> {
         match untag(&store, r) {
             Ok(gone) => {
                 for rec in gone {
-                    eprintln!("untagged {} ({})", rec.name, rec.manifest);
+                    exit::say(&format!("untagged {} ({})", rec.name, rec.manifest));
                 }
             }
             Err(StoreError::NotFound(_)) => missing.push(r.as_str()),
@@ -97,12 +98,12 @@ fn untag(store: &Store, r: &str) -> Result<Vec<ImageRecord>, StoreError> {
 pub fn gc(g: &Global, _a: GcArgs) -> anyhow::Result<u8> {
     let store = open_store(g)?;
     let report = store.gc().context("gc")?;
-    eprintln!(
+    exit::say(&format!(
         "removed {} blobs and {} partial files, freed {}",
         report.blobs_removed,
         report.ingest_removed,
         human(report.bytes_freed)
-    );
+    ));
     drop(store);
     berth::provision::Provision::open(&g.paths(), false, g.verbose)?.gc_layers()?;
     Ok(0)

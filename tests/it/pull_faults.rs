@@ -224,3 +224,26 @@ fn disk_full() {
     let line = failed_pull(&env, &["--tls-verify=false", &format!("{}/big:v1", reg.host())]);
     assert!(line.contains("No space left on device"), "{line}");
 }
+
+/// `berth pull IMAGE 2>&1 >/dev/null | head -c1`: stderr is a pipe whose
+/// reader is gone. Every progress line then fails with EPIPE; the pull must
+/// go on, finish and exit 0 (it once panicked with exit 101).
+#[test]
+fn closed_stderr_does_not_stop_a_pull() {
+    let reg = Registry::start();
+    let img = image();
+    reg.push_image("app", "v1", &img);
+    let env = Env::new();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    // Progress lines (not -q) and info logs: many writes to the dead pipe.
+    let out = env
+        .berth(&["pull", "-v", "--tls-verify=false", &format!("{}/app:v1", reg.host())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write))
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(env.image_digests(), vec![img.digest()]);
+    env.assert_store_consistent();
+}
