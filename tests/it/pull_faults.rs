@@ -16,6 +16,7 @@ fn failed_pull(env: &Env, args: &[&str]) -> String {
     all.extend_from_slice(args);
     let line = env.run(&all).provision_failure();
     eprintln!("{args:?} -> {line}");
+    crate::error_lines::assert_no_repeated_segment(&line);
     assert!(env.image_digests().is_empty(), "an image was recorded after: {line}");
     env.assert_store_consistent();
     line
@@ -368,6 +369,7 @@ fn a_registry_that_never_answers_is_bounded_and_said() {
     // With -q: the one line only.
     let (run, _) = slow_pull(&h, true);
     let line = run.provision_failure();
+    crate::error_lines::assert_no_repeated_segment(&line);
     assert!(line.contains("no response in 0.3 s"), "{line}");
 }
 
