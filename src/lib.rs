@@ -13,6 +13,10 @@
 //! commands build plain settings structs from the arguments and call in here;
 //! nothing in the library knows the command line.
 
+// Every `unsafe` says why it is sound, and an `unsafe fn` is no licence for
+// unchecked calls inside it.
+#![deny(clippy::undocumented_unsafe_blocks, unsafe_op_in_unsafe_fn)]
+
 pub mod exit;
 pub mod paths;
 pub mod reexec;

@@ -280,7 +280,7 @@ fn launch(
         let opts = runtime::LaunchOptions { mapping, verbose: s.verbose, keep_state: s.keep };
         let status = runtime::launch(&plan, &dir, &opts)?;
         if s.keep && s.workspace.is_none() {
-            eprintln!("berth: kept the workspace of pod {} in {} (`berth rm {}` removes it)", shape.name, workspace.display(), shape.name);
+            crate::exit::say(&format!("berth: kept the workspace of pod {} in {} (`berth rm {}` removes it)", shape.name, workspace.display(), shape.name));
         }
         Ok(status)
     });

@@ -239,9 +239,9 @@ pub fn unpack_job(job_file: &Path) -> anyhow::Result<()> {
             }
         }
         if in_use > 0 {
-            eprintln!("removed {removed} unpacked layers; kept {in_use} in use by running pods");
+            crate::exit::say(&format!("removed {removed} unpacked layers; kept {in_use} in use by running pods"));
         } else {
-            eprintln!("removed {removed} unpacked layers");
+            crate::exit::say(&format!("removed {removed} unpacked layers"));
         }
         return Ok(());
     }

@@ -361,7 +361,8 @@ pub fn spawn(
         return Err(UsernsError::Clone(nix::Error::last()));
     }
     if ret == 0 {
-        // SAFETY: see above; this is the child.
+        // SAFETY: this is the child of the fork-like clone above, and
+        // `child` was built before it: what `child_after_clone` asks.
         unsafe { child_after_clone(&child) }
     }
     let pid = Pid::from_raw(ret as i32);
@@ -409,48 +410,67 @@ struct ChildCtx<'a> {
 }
 
 /// The child between clone and exec: only raw, async-signal-safe syscalls.
+///
+/// # Safety
+///
+/// Call it only in the child of a fork-like `clone` (no `CLONE_VM`), with
+/// `c` built by [`spawn`] before the clone: its fds are open in the child's copy of the table and its pointers
+/// point at NUL-terminated strings and NULL-terminated arrays in the child's
+/// copy of the parent's memory, alive until `execve` replaces it. It never
+/// returns: it execs or exits.
 unsafe fn child_after_clone(c: &ChildCtx<'_>) -> ! {
     let fail = |err_w: RawFd| -> ! {
-        let e = *libc::__errno_location();
-        let b = e.to_ne_bytes();
-        libc::write(err_w, b.as_ptr().cast(), 4);
-        libc::_exit(127);
+        // SAFETY: errno is this thread's own; `b` is a live 4-byte buffer;
+        // `_exit` is async-signal-safe and skips the parent's atexit state.
+        unsafe {
+            let e = *libc::__errno_location();
+            let b = e.to_ne_bytes();
+            libc::write(err_w, b.as_ptr().cast(), 4);
+            libc::_exit(127)
+        }
     };
-    libc::close(c.go_w);
-    libc::close(c.err_r);
-    if c.pdeath != 0 && libc::prctl(libc::PR_SET_PDEATHSIG, c.pdeath as libc::c_ulong, 0, 0, 0) != 0 {
-        fail(c.err_w);
-    }
-    // Wait for the parent to write our maps. EOF without a byte means the
-    // parent failed or died (possibly before PR_SET_PDEATHSIG took effect).
-    let mut b = 0u8;
-    loop {
-        let n = libc::read(c.go_r, (&mut b as *mut u8).cast(), 1);
-        if n == 1 {
-            break;
+    // SAFETY: the caller guarantees the fds and pointers in `c` (see
+    // `# Safety`); every call is an async-signal-safe syscall wrapper on
+    // those fds or on `b`, a live local byte; nothing allocates or locks,
+    // since another thread of the parent may have held a lock at the clone.
+    unsafe {
+        libc::close(c.go_w);
+        libc::close(c.err_r);
+        if c.pdeath != 0 && libc::prctl(libc::PR_SET_PDEATHSIG, c.pdeath as libc::c_ulong, 0, 0, 0) != 0 {
+            fail(c.err_w);
         }
-        if n < 0 && *libc::__errno_location() == libc::EINTR {
-            continue;
+        // Wait for the parent to write our maps. EOF without a byte means the
+        // parent failed or died (possibly before PR_SET_PDEATHSIG took effect).
+        let mut b = 0u8;
+        loop {
+            let n = libc::read(c.go_r, (&mut b as *mut u8).cast(), 1);
+            if n == 1 {
+                break;
+            }
+            if n < 0 && *libc::__errno_location() == libc::EINTR {
+                continue;
+            }
+            libc::_exit(1);
         }
-        libc::_exit(1);
-    }
-    libc::close(c.go_r);
-    // Become root of the namespace explicitly and drop the host's
-    // supplementary groups where setgroups(2) is allowed.
-    if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
-        fail(c.err_w);
-    }
-    if c.full_groups {
-        libc::setgroups(0, std::ptr::null());
-    }
-    for &fd in c.keep_fds {
-        let fl = libc::fcntl(fd, libc::F_GETFD);
-        if fl >= 0 {
-            libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+        libc::close(c.go_r);
+        // Become root of the namespace explicitly and drop the host's
+        // supplementary groups where setgroups(2) is allowed.
+        if libc::setresgid(0, 0, 0) != 0 || libc::setresuid(0, 0, 0) != 0 {
+            fail(c.err_w);
         }
+        if c.full_groups {
+            libc::setgroups(0, std::ptr::null());
+        }
+        for &fd in c.keep_fds {
+            let fl = libc::fcntl(fd, libc::F_GETFD);
+            if fl >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+            }
+        }
+        // berth ignores SIGPIPE; the program it runs gets the default back.
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        libc::execve(c.prog, c.argv, c.envp);
     }
-    libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    libc::execve(c.prog, c.argv, c.envp);
     fail(c.err_w)
 }
 

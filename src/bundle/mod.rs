@@ -57,13 +57,13 @@ pub enum BundleError {
     UnknownGroup(String),
     #[error("image's {path}: {why}")]
     UserDb { path: &'static str, why: String },
-    #[error("rootfs {}: {op} {path}: {source}", rootfs.display())]
+    #[error("rootfs {}: {op} {path}", rootfs.display())]
     Rootfs { rootfs: PathBuf, op: &'static str, path: &'static str, source: pathrs::error::Error },
-    #[error("rootfs {}: {op} {path}: {source}", rootfs.display())]
+    #[error("rootfs {}: {op} {path}", rootfs.display())]
     RootfsIo { rootfs: PathBuf, op: &'static str, path: &'static str, source: std::io::Error },
-    #[error("building the runtime spec: {0}")]
+    #[error("building the runtime spec")]
     Spec(#[from] oci_spec::OciSpecError),
-    #[error("writing {}: {source}", path.display())]
+    #[error("writing {}", path.display())]
     Write { path: PathBuf, source: std::io::Error },
 }
 

@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::Global;
 use super::pull::open_store;
+use berth::exit;
 use berth::fetch::progress::human;
 use berth::image::reference::{self, ImageRef};
 use berth::runtime::state;
@@ -66,16 +67,16 @@ pub fn rmi(g: &Global, a: RmiArgs) -> anyhow::Result<u8> {
         match untag(&store, r) {
             Ok(gone) => {
                 for rec in gone {
-                    eprintln!("untagged {} ({})", rec.name, rec.manifest);
+                    exit::say(&format!("untagged {} ({})", rec.name, rec.manifest));
                     // Untagging is safe: a running pod holds its layers
                     // against gc (see unpack::cache), so nothing is refused.
                     let pods = state::pods_using(&g.paths().run_root, &rec.manifest.to_string());
                     if !pods.is_empty() {
-                        eprintln!(
+                        exit::say(&format!(
                             "{} is in use by running pod {}: its layers stay until the pod ends",
                             rec.name,
                             pods.join(", ")
-                        );
+                        ));
                     }
                 }
             }
@@ -108,12 +109,12 @@ fn untag(store: &Store, r: &str) -> Result<Vec<ImageRecord>, StoreError> {
 pub fn gc(g: &Global, _a: GcArgs) -> anyhow::Result<u8> {
     let store = open_store(g)?;
     let report = store.gc().context("gc")?;
-    eprintln!(
+    exit::say(&format!(
         "removed {} blobs and {} partial files, freed {}",
         report.blobs_removed,
         report.ingest_removed,
         human(report.bytes_freed)
-    );
+    ));
     drop(store);
     berth::provision::Provision::open(&g.paths(), false, g.verbose)?.gc_layers()?;
     Ok(0)

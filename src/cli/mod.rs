@@ -99,6 +99,7 @@ pub enum Command {
 
 /// Parses the command line, runs it, and maps the outcome to an exit status.
 pub fn main() -> ExitCode {
+    ignore_sigpipe();
     // A re-executed berth (see `berth::reexec`) is no command line to parse.
     let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
     match Entry::parse(&args) {
@@ -158,6 +159,16 @@ pub fn report(err: &anyhow::Error) {
     exit::report(err.as_ref());
 }
 
+/// A write to a closed pipe fails with EPIPE instead of killing berth: a
+/// reader of stderr that goes away must not end a pull or a pod. (Rust's
+/// runtime does this already; berth relies on it, so it says so.) Programs
+/// berth starts get the default back (`userns::spawn`).
+fn ignore_sigpipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_IGN installs no handler, so no code runs in signal context.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigIgn) };
+}
+
 /// Logs go to stderr, always: stdout belongs to the container.
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
@@ -174,6 +185,9 @@ fn init_logging(verbose: u8) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // Its own report of a failed write is an `eprintln!`, which panics
+        // on a closed stderr: a lost log line is better than a lost pull.
+        .log_internal_errors(false)
         // Jenkins copies stderr into its launch log: colours only on a terminal.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none())
         .with_target(verbose >= 2)

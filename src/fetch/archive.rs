@@ -24,7 +24,7 @@ pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ArchiveError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("{}: not an OCI image layout: {reason}", path.display())]
     NotLayout { path: PathBuf, reason: String },

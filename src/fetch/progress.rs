@@ -1,11 +1,13 @@
 //! Pull progress on stderr: one bar per layer when stderr is a terminal,
-//! plain event lines otherwise (CI logs), nothing with `-q`. Never stdout.
+//! plain event lines otherwise (CI logs), nothing with `-q`. Never stdout,
+//! and a closed stderr is ignored (`exit::say`), never fatal.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use crate::exit::say;
 use crate::image::digest::Digest;
 
 /// How progress is shown.
@@ -53,7 +55,7 @@ impl Progress {
             (Mode::Bars, Some(b)) => {
                 let _ = b.println(msg);
             }
-            _ => eprintln!("{msg}"),
+            _ => say(msg),
         }
     }
 
@@ -90,9 +92,9 @@ impl BlobProgress {
         match self.mode {
             Mode::Quiet => {}
             Mode::Lines if offset > 0 => {
-                eprintln!("resuming {} {} at {} of {}", self.what, self.short, human(offset), human(self.size))
+                say(&format!("resuming {} {} at {} of {}", self.what, self.short, human(offset), human(self.size)))
             }
-            Mode::Lines => eprintln!("pulling {} {} {}", self.what, self.short, human(self.size)),
+            Mode::Lines => say(&format!("pulling {} {} {}", self.what, self.short, human(self.size))),
             Mode::Bars => {
                 if let Some(b) = &self.bar {
                     b.set_position(offset);
@@ -111,7 +113,7 @@ impl BlobProgress {
     pub fn retry(&self, why: &str) {
         match self.mode {
             Mode::Quiet => {}
-            Mode::Lines => eprintln!("{} {}: {why}; retrying", self.what, self.short),
+            Mode::Lines => say(&format!("{} {}: {why}; retrying", self.what, self.short)),
             Mode::Bars => {
                 if let Some(b) = &self.bar {
                     b.set_message(format!("retrying: {why}"));
@@ -125,7 +127,7 @@ impl BlobProgress {
         let state = if fetched { "done" } else { "already present" };
         match self.mode {
             Mode::Quiet => {}
-            Mode::Lines => eprintln!("{} {} {state}", self.what, self.short),
+            Mode::Lines => say(&format!("{} {} {state}", self.what, self.short)),
             Mode::Bars => {
                 if let Some(b) = &self.bar {
                     b.set_position(self.size);

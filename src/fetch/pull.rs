@@ -80,8 +80,8 @@ pub enum BlobError {
     Registry(RegistryError),
     #[error(transparent)]
     Store(StoreError),
-    #[error("transfer cut short at {got} of {expected} bytes, {attempts} attempts")]
-    Truncated { got: u64, expected: u64, attempts: u32 },
+    #[error("transfer cut short at {got} of {expected} bytes, {attempts} attempts (the last: {last})")]
+    Truncated { got: u64, expected: u64, attempts: u32, last: String },
     #[error("size mismatch: the registry serves {served} bytes, the manifest says {expected}")]
     Size { served: u64, expected: u64 },
     #[error("registry ignored the requested offset {requested} and sent from {offset}")]
@@ -98,7 +98,11 @@ pub enum BlobError {
 pub async fn pull(store: &Store, image: &ImageRef, opts: &PullOptions, progress: &Progress) -> Result<ImageRecord, PullError> {
     match image {
         ImageRef::Registry(r) => {
-            let client = Client::new(ClientOptions::from_env(opts.tls_verify)?)?;
+            let mut o = ClientOptions::from_env(opts.tls_verify)?;
+            // Waits and retries show with the progress (and not with -q).
+            let p = progress.clone();
+            o.notices = crate::registry::Notices::to(move |line| p.event(line));
+            let client = Client::new(o)?;
             pull_registry(store, &client, r, opts, progress).await
         }
         ImageRef::OciLayout { dir, tag } => {
@@ -135,7 +139,7 @@ pub async fn pull_registry(
         match resolve(client, c, opts).await {
             Ok(resolved) => return fetch(store, client, c, resolved, opts, progress).await,
             // A short name: a miss in one search registry is not the end.
-            Err(e) if several && candidate_may_miss(&e) => errors.push(e.to_string()),
+            Err(e) if several && candidate_may_miss(&e) => errors.push(crate::exit::chain(&e)),
             Err(e) => return Err(e),
         }
     }
@@ -318,7 +322,7 @@ impl Job {
             };
             if attempts > self.resumes {
                 bar.fail();
-                return Err(wrap(BlobError::Truncated { got: w.offset(), expected: desc.size, attempts }));
+                return Err(wrap(BlobError::Truncated { got: w.offset(), expected: desc.size, attempts, last: why }));
             }
             tracing::info!("{what} {}: {why}; resuming at {}", desc.digest, w.offset());
             bar.retry(&why);

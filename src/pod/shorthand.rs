@@ -47,7 +47,7 @@ pub enum ShorthandError {
     SidecarCmd { arg: String, reason: String },
     #[error("-e {arg:?}: {reason}")]
     Env { arg: String, reason: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] InvalidPod),
 }
 

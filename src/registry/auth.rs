@@ -162,7 +162,7 @@ impl Client {
             StatusCode::FORBIDDEN => return Err(RegistryError::Forbidden { registry: ep.host.clone(), credentials_sent }),
             s => return Err(unexpected(&ep.host, s, &resp)),
         }
-        let body = read_capped(resp, MAX_TOKEN_REPLY, &ep.host).await?.ok_or_else(|| bad("token reply too large".into()))?;
+        let body = read_capped(resp, MAX_TOKEN_REPLY, &ep.host, self.inner.opts.low_speed).await?.ok_or_else(|| bad("token reply too large".into()))?;
         let reply: challenge::TokenReply =
             serde_json::from_slice(&body).map_err(|e| bad(format!("token reply from {realm_url}: {e}")))?;
         let (value, lifetime) = reply.into_token().ok_or_else(|| bad(format!("token reply from {realm_url} has no token")))?;

@@ -16,6 +16,12 @@ pub enum RegistryError {
     Connect { registry: String, reason: String },
     #[error("registry {registry}: timed out")]
     Timeout { registry: String },
+    /// No response headers within the low-speed window.
+    #[error("registry {registry}: no response in {}", crate::registry::slow::secs(*waited))]
+    NoResponse { registry: String, waited: Duration },
+    /// Fewer bytes than the low-speed limit in one window of a body.
+    #[error("registry {registry}: too slow: less than {bytes} bytes in {}", crate::registry::slow::secs(*window))]
+    TooSlow { registry: String, bytes: u64, window: Duration },
     #[error("registry {registry}: TLS error: {reason}")]
     Tls { registry: String, reason: String },
     #[error("registry {registry}: 401 Unauthorized ({})", sent(*credentials_sent, "rejected"))]
@@ -65,6 +71,8 @@ impl RegistryError {
             RegistryError::ConnectionRefused { .. }
             | RegistryError::Connect { .. }
             | RegistryError::Timeout { .. }
+            | RegistryError::NoResponse { .. }
+            | RegistryError::TooSlow { .. }
             | RegistryError::Io { .. }
             | RegistryError::TooManyRequests { .. } => true,
             RegistryError::Http { status, .. } => *status >= 500,

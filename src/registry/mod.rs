@@ -14,6 +14,9 @@
 //!   exponential backoff and jitter, honouring `Retry-After`; other 4xx never.
 //!   A blob body cut short surfaces as a retryable `Io` error on the stream;
 //!   the caller resumes with `offset`.
+//! * Hangs: no response headers within a window, or fewer bytes than the
+//!   low-speed limit in a window of a body, fail the request (retryable);
+//!   a long wait and each retry are said on stderr: `slow`.
 //! * Mirrors from registries.conf are tried in order; any failure of a mirror
 //!   falls back to the next endpoint, the primary last.
 
@@ -21,6 +24,7 @@ mod auth;
 mod challenge;
 mod error;
 mod retry;
+mod slow;
 mod transport;
 
 use std::collections::HashMap;
@@ -36,6 +40,7 @@ use reqwest::StatusCode;
 pub use challenge::{parse_challenges, Challenge};
 pub use error::RegistryError;
 pub use retry::{parse_retry_after, RetryPolicy};
+pub use slow::{LowSpeed, Notices, LOW_SPEED_ENV};
 
 use auth::Token;
 use transport::{read_capped, unexpected, HostState};
@@ -65,6 +70,11 @@ pub struct ClientOptions {
     /// Longest silence on an open connection before the transfer is
     /// abandoned (and may be resumed).
     pub read_timeout: Duration,
+    /// Ends a request with no headers, or a body with too few bytes, in a
+    /// window (`$BERTH_LOW_SPEED`).
+    pub low_speed: LowSpeed,
+    /// Where waits and retries are said (a pull's progress).
+    pub notices: Notices,
     pub user_agent: String,
 }
 
@@ -79,6 +89,8 @@ impl Default for ClientOptions {
             retry: RetryPolicy::default(),
             connect_timeout: Duration::from_secs(30),
             read_timeout: Duration::from_secs(60),
+            low_speed: LowSpeed::default(),
+            notices: Notices::default(),
             user_agent: concat!("berth/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -92,6 +104,7 @@ impl ClientOptions {
             registries: Arc::new(Registries::load()?),
             auth: AuthFiles::from_env(),
             certs: CertDirs::from_env(),
+            low_speed: LowSpeed::from_env()?,
             ..ClientOptions::default()
         })
     }
@@ -262,7 +275,7 @@ impl Client {
             .get("docker-content-digest")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Digest::parse(v.trim()).ok());
-        let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &ep.host)
+        let bytes = read_capped(resp, MAX_MANIFEST_SIZE, &ep.host, self.inner.opts.low_speed)
             .await?
             .ok_or_else(|| RegistryError::TooLarge { repository: repository.clone(), what: "manifest".into(), limit: MAX_MANIFEST_SIZE })?;
 
@@ -312,8 +325,9 @@ impl Client {
             }
             s => return Err(unexpected(&ep.host, s, &resp)),
         };
-        let body = resp.bytes_stream().map(move |r| r.map_err(|e| error::classify(&host, &e)));
-        Ok(Blob { total, offset: start, body: Box::pin(body) })
+        let low = self.inner.opts.low_speed;
+        let body = slow::body(resp.bytes_stream().map(move |r| r.map_err(|e| error::classify(&host, &e))), low, &ep.host);
+        Ok(Blob { total, offset: start, body })
     }
 
     /// Runs `f` until it succeeds, fails for good, or the retries are spent.
@@ -328,7 +342,10 @@ impl Client {
                 Ok(v) => return Ok(v),
                 Err(e) if e.is_retryable() => match self.inner.opts.retry.delay(retry, e.retry_after()) {
                     Some(d) => {
-                        tracing::info!("{e}; retrying in {d:.1?}");
+                        // Said at default verbosity: a retried request may
+                        // have waited a whole window already.
+                        let attempts = self.inner.opts.retry.attempts;
+                        self.inner.opts.notices.say(&format!("{e}; retrying in {d:.1?} (attempt {} of {attempts})", retry + 2));
                         tokio::time::sleep(d).await;
                         retry += 1;
                     }

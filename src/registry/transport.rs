@@ -20,7 +20,7 @@ use reqwest::{Method, StatusCode};
 use url::Url;
 
 use super::auth::challenge_of;
-use super::{error, parse_retry_after, Challenge, Client, RegistryError};
+use super::{error, parse_retry_after, slow, Challenge, Client, RegistryError};
 use crate::image::reference::DOCKER_HUB;
 
 const MAX_REDIRECTS: usize = 10;
@@ -59,7 +59,8 @@ impl Client {
                 req = req.header(CONTENT_TYPE, ctype.as_str()).body(b.clone());
             }
             tracing::trace!("{method} {url}");
-            let resp = req.send().await.map_err(|e| error::classify(registry, &e))?;
+            let o = &self.inner.opts;
+            let resp = slow::headers(async { req.send().await.map_err(|e| error::classify(registry, &e)) }, o.low_speed, &o.notices, registry).await?;
             if !resp.status().is_redirection() || resp.status() == StatusCode::NOT_MODIFIED {
                 return Ok(resp);
             }
@@ -188,13 +189,17 @@ pub(super) fn unexpected(registry: &str, status: StatusCode, resp: &reqwest::Res
     RegistryError::Http { registry: registry.to_string(), status: status.as_u16(), url: url.to_string(), retry_after }
 }
 
-/// The whole body, or `None` when it is longer than `cap`.
-pub(super) async fn read_capped(mut resp: reqwest::Response, cap: u64, registry: &str) -> Result<Option<Bytes>, RegistryError> {
+/// The whole body, or `None` when it is longer than `cap`; a body slower
+/// than `low` fails.
+pub(super) async fn read_capped(resp: reqwest::Response, cap: u64, registry: &str, low: slow::LowSpeed) -> Result<Option<Bytes>, RegistryError> {
+    use futures_util::StreamExt as _;
     if resp.content_length().is_some_and(|l| l > cap) {
         return Ok(None);
     }
+    let host = registry.to_string();
+    let mut body = slow::body(resp.bytes_stream().map(move |r| r.map_err(|e| error::classify(&host, &e))), low, registry);
     let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| error::classify(registry, &e))? {
+    while let Some(chunk) = body.next().await.transpose()? {
         if buf.len() as u64 + chunk.len() as u64 > cap {
             return Ok(None);
         }

@@ -22,7 +22,7 @@ pub const MAX_CONFIG_SIZE: u64 = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("manifest is not valid JSON: {0}")]
+    #[error("manifest is not valid JSON")]
     Json(#[from] serde_json::Error),
     #[error("unsupported manifest media type {0:?}")]
     MediaType(String),

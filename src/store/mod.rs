@@ -45,7 +45,7 @@ pub use manifest::{Compression, Descriptor, Document, ImageIndex, ImageManifest,
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io { path: PathBuf, source: io::Error },
     #[error("blob {expected}: digest mismatch (content hashes to {actual})")]
     DigestMismatch { expected: Digest, actual: Digest },
@@ -249,7 +249,7 @@ impl Store {
                 Ok(m) => keep.extend(m.layers.into_iter().map(|l| l.digest)),
                 // Its layers cannot be named: the image is broken already,
                 // and keeping unknown blobs forever helps nobody.
-                Err(e) => tracing::warn!("gc: image {}: {e}", rec.name),
+                Err(e) => tracing::warn!("gc: image {}: {}", rec.name, crate::exit::chain(&e)),
             }
         }
         let mut report = GcReport::default();

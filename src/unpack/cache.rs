@@ -65,9 +65,9 @@ pub struct LayerSource {
 pub enum LayersError {
     #[error("invalid layer cache key {0:?}")]
     BadKey(String),
-    #[error("{op} {}: {source}", path.display())]
+    #[error("{op} {}", path.display())]
     Io { op: &'static str, path: PathBuf, source: io::Error },
-    #[error("layer {diff_id}: {source}")]
+    #[error("layer {diff_id}")]
     MediaType { diff_id: Digest, source: UnsupportedMediaType },
     #[error(transparent)]
     Unpack(#[from] UnpackError),

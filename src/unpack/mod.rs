@@ -120,18 +120,27 @@ pub struct LayerStats {
 
 /// A failure to apply a layer: which layer, which entry (when one is to
 /// blame), and why.
-#[derive(Debug, thiserror::Error)]
-#[error("layer {layer}{}: {kind}", entry_suffix(.entry))]
+#[derive(Debug)]
 pub struct UnpackError {
     pub layer: String,
     pub entry: Option<String>,
     pub kind: ErrorKind,
 }
 
-fn entry_suffix(entry: &Option<String>) -> String {
-    match entry {
-        Some(e) => format!(", entry {e:?}"),
-        None => String::new(),
+impl std::fmt::Display for UnpackError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "layer {}", self.layer)?;
+        if let Some(e) = &self.entry {
+            write!(f, ", entry {e:?}")?;
+        }
+        write!(f, ": {}", self.kind)
+    }
+}
+
+impl std::error::Error for UnpackError {
+    /// The kind is part of this message; its cause (an OS error) comes next.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        std::error::Error::source(&self.kind)
     }
 }
 
@@ -139,7 +148,7 @@ fn entry_suffix(entry: &Option<String>) -> String {
 pub enum ErrorKind {
     #[error("reading the layer: {0}")]
     Read(std::io::Error),
-    #[error("opening the destination {path}: {source}")]
+    #[error("opening the destination {path}")]
     Destination { path: String, source: pathrs::error::Error },
     #[error("entry name {0}")]
     BadName(&'static str),
@@ -167,9 +176,9 @@ pub enum ErrorKind {
     IdOutOfRange { what: &'static str, id: u32, max: u32 },
     #[error("invalid device numbers")]
     BadDevice,
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Io { op: &'static str, source: std::io::Error },
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Resolve { op: &'static str, source: pathrs::error::Error },
     #[error("uncompressed digest {actual} does not match the diff_id {expected}")]
     DiffIdMismatch { expected: Digest, actual: Digest },

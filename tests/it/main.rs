@@ -13,6 +13,7 @@ mod bundle_runc;
 mod bundle_seccomp;
 mod e2e;
 mod nothing_lost;
+mod error_lines;
 mod pod_files;
 mod pull;
 mod pull_concurrency;

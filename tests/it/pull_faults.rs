@@ -16,6 +16,7 @@ fn failed_pull(env: &Env, args: &[&str]) -> String {
     all.extend_from_slice(args);
     let line = env.run(&all).provision_failure();
     eprintln!("{args:?} -> {line}");
+    crate::error_lines::assert_no_repeated_segment(&line);
     assert!(env.image_digests().is_empty(), "an image was recorded after: {line}");
     env.assert_store_consistent();
     line
@@ -223,4 +224,171 @@ fn disk_full() {
     let _m = Mount(env.root.clone());
     let line = failed_pull(&env, &["--tls-verify=false", &format!("{}/big:v1", reg.host())]);
     assert!(line.contains("No space left on device"), "{line}");
+}
+
+/// `berth pull IMAGE 2>&1 >/dev/null | head -c1`: stderr is a pipe whose
+/// reader is gone. Every progress line then fails with EPIPE; the pull must
+/// go on, finish and exit 0 (it once panicked with exit 101).
+#[test]
+fn closed_stderr_does_not_stop_a_pull() {
+    let reg = Registry::start();
+    let img = image();
+    reg.push_image("app", "v1", &img);
+    let env = Env::new();
+    let (read, write) = nix::unistd::pipe().unwrap();
+    drop(read);
+    // Progress lines (not -q) and info logs: many writes to the dead pipe.
+    let out = env
+        .berth(&["pull", "-v", "--tls-verify=false", &format!("{}/app:v1", reg.host())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(write))
+        .status()
+        .unwrap();
+    assert_eq!(out.code(), Some(0), "{out:?}");
+    assert_eq!(env.image_digests(), vec![img.digest()]);
+    env.assert_store_consistent();
+}
+
+/// A registry on 127.0.0.1 that misbehaves in time: it answers `/v2/`, the
+/// manifest and the config at once (unless `stall` says otherwise) and sends
+/// what `stall` picks at one byte per 100 ms, or nothing at all.
+struct Hostile {
+    port: u16,
+}
+
+#[derive(Clone, Copy)]
+enum Stall {
+    /// Accepts and reads the request, never answers.
+    Silent,
+    /// The manifest's headers at once, its body at 10 bytes/s.
+    Manifest,
+    /// The layer's headers at once, its body at 10 bytes/s.
+    Layer,
+}
+
+impl Hostile {
+    fn start(img: &Image, stall: Stall) -> Hostile {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let img = img.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let img = img.clone();
+                std::thread::spawn(move || {
+                    let mut req = Vec::new();
+                    let mut b = [0u8; 1024];
+                    while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut b) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => req.extend_from_slice(&b[..n]),
+                        }
+                    }
+                    let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
+                    let path = line.split(' ').nth(1).unwrap_or("").to_string();
+                    let (ctype, body, slow) = if path == "/v2/" {
+                        ("application/json", b"{}".to_vec(), false)
+                    } else if path.contains("/manifests/") {
+                        (OCI_MANIFEST, img.manifest.clone(), matches!(stall, Stall::Manifest))
+                    } else if path.ends_with(&img.config_digest()) {
+                        ("application/octet-stream", img.config.clone(), false)
+                    } else {
+                        ("application/octet-stream", img.layers[0].blob.clone(), matches!(stall, Stall::Layer))
+                    };
+                    if matches!(stall, Stall::Silent) {
+                        std::thread::sleep(Duration::from_secs(60));
+                        return;
+                    }
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    if conn.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    if !slow {
+                        let _ = conn.write_all(&body);
+                        return;
+                    }
+                    for byte in body {
+                        if conn.write_all(&[byte]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        Hostile { port }
+    }
+
+    fn reference(&self) -> String {
+        format!("127.0.0.1:{}/app:v1", self.port)
+    }
+}
+
+/// Pulls from `h` with a 1 KiB per 0.3 s low-speed limit; returns the run
+/// and how long it took.
+fn slow_pull(h: &Hostile, quiet: bool) -> (Run, Duration) {
+    let mut env = Env::new();
+    env.vars.push(("BERTH_LOW_SPEED".into(), "1024/0.3".into()));
+    let mut args = vec!["pull", "--tls-verify=false"];
+    if quiet {
+        args.push("-q");
+    }
+    let r = h.reference();
+    args.push(&r);
+    let start = std::time::Instant::now();
+    let run = env.run(&args);
+    let took = start.elapsed();
+    eprintln!("{args:?} took {took:?}:\n{}", run.stderr);
+    assert!(env.image_digests().is_empty());
+    env.assert_store_consistent();
+    (run, took)
+}
+
+#[test]
+fn a_registry_that_never_answers_is_bounded_and_said() {
+    let h = Hostile::start(&image(), Stall::Silent);
+    let (run, took) = slow_pull(&h, false);
+    assert_eq!(run.code, 125, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    let host = format!("127.0.0.1:{}", h.port);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let last = lines.last().unwrap();
+    assert!(last.starts_with("berth: ") && last.contains(&host) && last.contains("no response in 0.3 s"), "{last}");
+    // The wait and each retry are said at default verbosity.
+    assert!(lines.iter().any(|l| l.contains(&format!("registry {host}: no response after 0.1 s; waiting up to 0.3 s"))), "{}", run.stderr);
+    for attempt in 2..=4 {
+        assert!(lines.iter().any(|l| l.contains("retrying in") && l.contains(&format!("(attempt {attempt} of 4)"))), "{}", run.stderr);
+    }
+    // 4 attempts × (HTTPS, then plain HTTP) × 0.3 s, plus under 2 s of backoff.
+    assert!(took < Duration::from_secs(15), "{took:?}");
+
+    // With -q: the one line only.
+    let (run, _) = slow_pull(&h, true);
+    let line = run.provision_failure();
+    crate::error_lines::assert_no_repeated_segment(&line);
+    assert!(line.contains("no response in 0.3 s"), "{line}");
+}
+
+#[test]
+fn a_manifest_at_10_bytes_a_second_is_refused() {
+    let h = Hostile::start(&image(), Stall::Manifest);
+    let (run, took) = slow_pull(&h, true);
+    let line = run.provision_failure();
+    assert!(line.contains("too slow: less than 1024 bytes in 0.3 s"), "{line}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+}
+
+#[test]
+fn a_layer_at_10_bytes_a_second_is_refused() {
+    let img = image();
+    let h = Hostile::start(&img, Stall::Layer);
+    let (run, took) = slow_pull(&h, true);
+    let line = run.provision_failure();
+    assert!(line.contains(&img.layers[0].digest()) && line.contains("too slow: less than 1024 bytes in 0.3 s"), "{line}");
+    // 6 tries of 0.3 s each, and berth's own 6.2 s of pauses between resumes.
+    assert!(took < Duration::from_secs(25), "{took:?}");
 }

@@ -125,6 +125,18 @@ pub fn from_str(text: &str, file_name: &str) -> Result<(Pod, Vec<Warning>), PodF
         let mark = walk.mark_of(&e.path).unwrap_or(root.mark);
         invalid(mark, format!("{}: {}", e.path, e.message))
     })?;
+    // Checked here rather than at pull time, so the error points at its line.
+    let all = pod.init_containers.iter().map(|c| ("initContainers", c)).chain(pod.containers.iter().map(|c| ("containers", c)));
+    let mut index = HashMap::new();
+    for (list, c) in all {
+        let i = index.entry(list).or_insert(0usize);
+        let path = format!("spec.{list}[{i}].image");
+        *i += 1;
+        if let Err(e) = crate::image::reference::parse(&c.image) {
+            let mark = walk.mark_of(&path).unwrap_or(root.mark);
+            return Err(invalid(mark, format!("{path}: {}", crate::exit::chain(&e))));
+        }
+    }
     let warnings = walk
         .warnings
         .into_iter()

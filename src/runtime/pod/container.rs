@@ -245,7 +245,8 @@ pub fn prepare_tree(name: &str, bundle: &Path, source: &RootfsSource, dir: &Path
                     Err(e) if *fallback && e.allows_fallback() => {
                         if !OVERLAY_UNAVAILABLE.swap(true, Ordering::Relaxed) {
                             tracing::warn!(
-                                "cannot mount an overlay root filesystem ({e}): copying the image's layers for each container instead (slower; --rootfs copy says so up front)"
+                                "cannot mount an overlay root filesystem ({}): copying the image's layers for each container instead (slower; --rootfs copy says so up front)",
+                                crate::runtime::error_chain(&e)
                             );
                         }
                         copy_layers(name, lowers.iter().rev().cloned().collect(), dir)?;
@@ -272,7 +273,7 @@ static OVERLAY_UNAVAILABLE: AtomicBool = AtomicBool::new(false);
 /// Why a container's overlay root could not be mounted.
 #[derive(Debug, thiserror::Error)]
 enum OverlayProblem {
-    #[error("{0}")]
+    #[error(transparent)]
     Options(crate::unpack::cache::LayersError),
     /// mount(2) takes one page of options and silently cuts the rest.
     #[error("the layer list is too long for one mount ({0} bytes of options, at most {1})")]

@@ -54,7 +54,7 @@ const OPTIMIZE: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SeccompError {
-    #[error("compiling the seccomp profile: {0}")]
+    #[error("compiling the seccomp profile")]
     Compile(#[source] libseccomp::error::SeccompError),
     #[error("compiling the seccomp profile: {0}")]
     Profile(String),
