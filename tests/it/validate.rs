@@ -28,7 +28,6 @@ fn pod_file(s: &Served, name: &str, text: &str) -> PathBuf {
 }
 
 #[test]
-#[ignore = "issue 12: not fixed yet"]
 fn a_missing_working_directory_is_created_and_owned_by_the_user() {
     let s = setup();
     let run = s.env.run_as_user(&["run", "-w", "/does/not/exist", &s.image, "--", "pwd"]).ok();
@@ -131,7 +130,6 @@ fn exec_of_a_missing_or_unexecutable_command_is_127_or_126_in_one_line() {
 }
 
 #[test]
-#[ignore = "issue 12: not fixed yet"]
 fn a_command_on_a_volume_runs() {
     let s = setup();
     // An init container copies a tool into an emptyDir; the main one runs it,
@@ -140,9 +138,9 @@ fn a_command_on_a_volume_runs() {
         &s,
         "tools.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata:\n  name: tools\nspec:\n  volumes:\n  - name: tools\n    emptyDir: {}\n  \
-         initContainers:\n  - name: copy\n    image: IMAGE\n    command: [sh, -c, 'cp /bin/busybox /tools/tool']\n    \
+         initContainers:\n  - name: copy\n    image: IMAGE\n    command: [sh, -c, 'cp /bin/busybox /tools/busybox']\n    \
          volumeMounts:\n    - name: tools\n      mountPath: /tools\n  \
-         containers:\n  - name: main\n    image: IMAGE\n    command: [/tools/tool, echo, by-path]\n    \
+         containers:\n  - name: main\n    image: IMAGE\n    command: [/tools/busybox, echo, by-path]\n    \
          volumeMounts:\n    - name: tools\n      mountPath: /tools\n",
     );
     let run = s.env.run_as_user(&["run", "--pod", pod.to_str().unwrap()]).ok();
@@ -168,7 +166,7 @@ fn a_command_on_a_volume_runs() {
     assert_eq!(run.stdout, "from-host-tool\n", "{run:?}");
 
     // Still 127 for a command that is nowhere, volumes included.
-    let pod = pod_file(&s, "none.yaml", &std::fs::read_to_string(s.env.home.join("tools.yaml")).unwrap().replace("/tools/tool, echo", "/tools/nope, echo"));
+    let pod = pod_file(&s, "none.yaml", &std::fs::read_to_string(s.env.home.join("tools.yaml")).unwrap().replace("/tools/busybox, echo", "/tools/nope, echo"));
     let run = s.env.run_as_user(&["run", "--pod", pod.to_str().unwrap()]);
     assert_eq!(run.code, 127, "{run:?}");
     assert_eq!(run.stderr.lines().count(), 1, "{run:?}");

@@ -329,20 +329,15 @@ fn copy_layers(name: &str, layers: Vec<PathBuf>, dest: &Path) -> Result<(), Cont
     Ok(())
 }
 
-/// How many ids an id map file maps.
-/// Resolves the process's `args[0]` inside `rootfs` against its `PATH`, as
-/// the kernel would see it after pivot_root, so a missing or
-/// non-executable command is reported as 127/126 before anything starts.
+/// Resolves the process's `args[0]` against its `PATH` as the container
+/// will see it after pivot_root, volumes and other bind mounts included, so
+/// a missing or non-executable command is reported as 127/126 before the
+/// container is created.
 pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandProblem)> {
     let Some(process) = spec.process() else { return Ok(()) };
     let Some(cmd) = process.args().as_ref().and_then(|a| a.first()) else { return Ok(()) };
-    let root = match pathrs::Root::open(rootfs) {
-        Ok(r) => r,
-        Err(_) => return Ok(()), // libcontainer reports it
-    };
     let candidates: Vec<PathBuf> = if cmd.contains('/') {
-        let cwd = PathBuf::from(process.cwd());
-        vec![cwd.join(cmd)]
+        vec![Path::new(process.cwd()).join(cmd)]
     } else {
         let path = process
             .env()
@@ -353,7 +348,9 @@ pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandP
     };
     let mut found_any = false;
     for cand in &candidates {
-        let Ok(handle) = root.resolve(cand) else { continue };
+        let (base, rest) = locate(spec, rootfs, cand);
+        let Ok(root) = pathrs::Root::open(&base) else { continue };
+        let Ok(handle) = root.resolve(&rest) else { continue };
         found_any = true;
         if let Ok(st) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&handle))) {
             let mode = fs::Permissions::from_mode(st.st_mode).mode();
@@ -364,6 +361,67 @@ pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandP
     }
     let why = if found_any { CommandProblem::NotExecutable } else { CommandProblem::NotFound };
     Err((cmd.clone(), why))
+}
+
+/// Where the container's absolute `path` lives on our side: the source of
+/// the deepest bind mount covering it (else `rootfs`), and the rest of the
+/// path below that. `..` is taken lexically, as the runtime spec's paths
+/// are; symlinks are followed inside that tree only.
+pub fn locate(spec: &Spec, rootfs: &Path, path: &Path) -> (PathBuf, PathBuf) {
+    use std::path::Component;
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    let mut best: (usize, PathBuf) = (0, rootfs.to_path_buf());
+    for m in spec.mounts().iter().flatten() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source().as_ref().filter(|s| is_bind && s.is_absolute()) else { continue };
+        let dest: Vec<_> = m.destination().components().filter_map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        }).collect();
+        // Later mounts at the same place cover earlier ones.
+        if dest.len() >= best.0 && dest.len() <= parts.len() && parts[..dest.len()] == dest[..] {
+            best = (dest.len(), source.clone());
+        }
+    }
+    let rest: PathBuf = parts[best.0..].iter().collect();
+    (best.1, rest)
+}
+
+/// Creates the process's working directory where it is missing, as Docker,
+/// podman and Kubernetes do: in the tree it will be in (the rootfs or a
+/// volume), each new directory owned by the container's user.
+pub fn ensure_cwd(spec: &Spec, rootfs: &Path) -> std::io::Result<()> {
+    let Some(process) = spec.process() else { return Ok(()) };
+    let (base, rest) = locate(spec, rootfs, process.cwd());
+    let root = pathrs::Root::open(&base).map_err(std::io::Error::other)?;
+    let (uid, gid) = (process.user().uid(), process.user().gid());
+    let mut sofar = PathBuf::new();
+    for part in rest.components() {
+        sofar.push(part);
+        if root.resolve(&sofar).is_ok() {
+            continue;
+        }
+        root.create(&sofar, &pathrs::InodeType::Directory(fs::Permissions::from_mode(0o755))).map_err(std::io::Error::other)?;
+        let dir = root.resolve_nofollow(&sofar).map_err(std::io::Error::other)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&dir));
+        // The handle is an O_PATH fd: fchown(2) refuses those, AT_EMPTY_PATH
+        // changes the inode itself.
+        // SAFETY: a valid fd and a NUL-terminated empty path.
+        if unsafe { libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Writes the adjusted spec as the pod's bundle for this container.
