@@ -103,7 +103,6 @@ fn an_image_user_outside_the_mapped_ids_is_refused_in_one_line() {
 }
 
 #[test]
-#[ignore = "issue 12: not fixed yet"]
 fn exec_of_a_missing_or_unexecutable_command_is_127_or_126_in_one_line() {
     let s = setup();
     let mut child = s

@@ -477,6 +477,24 @@ pub fn exec(
     b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build().map_err(lc)
 }
 
+/// Checks that `args[0]` of a tenant exec can run in container `name` (its
+/// env's PATH, cwd `/`, its root and bind mounts), for 127/126 in one line
+/// instead of libcontainer's failure. The caller is in the pod's mount
+/// namespace.
+pub fn check_exec(name: &str, state_root: &Path, args: &[String]) -> Result<(), ContainerError> {
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
+    let bundle = Container::load(state_root.join(name)).map_err(lc)?.bundle().to_path_buf();
+    let config = bundle.join("config.json");
+    let mut spec = Spec::load(&config).map_err(|source| ContainerError::Spec { name: name.to_string(), path: config, source })?;
+    let Some(root) = spec.root().as_ref().map(|r| r.path().clone()) else { return Ok(()) };
+    let rootfs = if root.is_absolute() { root } else { bundle.join(root) };
+    if let Some(p) = spec.process_mut() {
+        p.set_args(Some(args.to_vec()));
+        p.set_cwd(PathBuf::from("/"));
+    }
+    check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name: name.to_string(), path, why })
+}
+
 /// Starts `args` in a running container with a pseudo-terminal whose master
 /// is sent to `console_socket`; returns its pid, our child. The process is
 /// what [`exec`] starts (libcontainer's tenant defaults: the container's
