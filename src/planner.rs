@@ -132,7 +132,66 @@ fn finish(mut pod: Pod, o: &PodOverrides) -> anyhow::Result<Pod> {
         main.limits.cpu_millis = o.cpu_millis.or(main.limits.cpu_millis);
     }
     pod.validate()?;
+    for c in pod.init_containers.iter().chain(&pod.containers) {
+        check_limits(&c.name, &c.limits)?;
+    }
     Ok(pod)
+}
+
+/// Most CPUs a limit may name: NR_CPUS of distribution kernels; no host has
+/// more, so a bigger limit is a typo (`1e9`).
+pub const MAX_CPU_MILLIS: u64 = 8192 * 1000;
+
+/// Most tasks a pids limit may name: the kernel's PID_MAX_LIMIT (pids.max
+/// refuses more).
+pub const MAX_PIDS: u64 = 4 * 1024 * 1024;
+
+/// Limits the kernel can apply: the runtime spec holds them as i64.
+fn check_limits(name: &str, l: &runtime::Limits) -> anyhow::Result<()> {
+    if let Some(m) = l.cpu_millis.filter(|m| *m > MAX_CPU_MILLIS) {
+        anyhow::bail!("container {name}: resources.limits.cpu of {} cores is more than {} (no host has more)", m / 1000, MAX_CPU_MILLIS / 1000);
+    }
+    if let Some(b) = l.memory_bytes.filter(|b| i64::try_from(*b).is_err()) {
+        anyhow::bail!("container {name}: resources.limits.memory of {b} bytes is more than the kernel takes ({})", i64::MAX);
+    }
+    if let Some(p) = l.pids.filter(|p| *p > MAX_PIDS) {
+        anyhow::bail!("container {name}: a pids limit of {p} is more than the kernel's {MAX_PIDS}");
+    }
+    Ok(())
+}
+
+/// Where the workspace appears: an absolute, plain path other than `/`
+/// (`..` or `.` would leave the place the user named).
+fn check_workspace_path(path: &str) -> anyhow::Result<()> {
+    use std::path::Component;
+    let p = Path::new(path);
+    let plain = p.is_absolute() && !path.contains('\0') && p.components().all(|c| matches!(c, Component::RootDir | Component::Normal(_)));
+    anyhow::ensure!(plain, "--workspace-path {path:?}: expected an absolute path without '.' or '..'");
+    anyhow::ensure!(p.components().count() > 1, "--workspace-path {path:?}: the workspace cannot replace the container's root");
+    Ok(())
+}
+
+/// The image's (or pod file's) user and groups must be mapped in the pod's
+/// user namespace, or libcontainer fails at setuid with EINVAL.
+fn check_ids(container: &str, spec: &oci_spec::runtime::Spec, mapping: &IdMapping) -> anyhow::Result<()> {
+    let Some(user) = spec.process().as_ref().map(|p| p.user()) else { return Ok(()) };
+    let name = nix::unistd::User::from_uid(nix::unistd::geteuid()).ok().flatten().map_or_else(|| "this user".to_string(), |u| u.name);
+    let outside = |what: &str, id: u32, max: u32| {
+        let subordinate = max;
+        anyhow::anyhow!(
+            "container {container}: {what} {id} is outside the ids mapped for {name} (0 to {max}: the user and {subordinate} subordinate ids); \
+             add subordinate ids (/etc/sub{what}) or set another user (securityContext.runAsUser)"
+        )
+    };
+    if mapping.host_uid(user.uid()).is_none() {
+        return Err(outside("uid", user.uid(), mapping.max_uid()));
+    }
+    for gid in std::iter::once(user.gid()).chain(user.additional_gids().clone().unwrap_or_default()) {
+        if mapping.host_gid(gid).is_none() {
+            return Err(outside("gid", gid, mapping.max_gid()));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `pod`: images from the store (pulled if missing), layers from the
@@ -261,7 +320,7 @@ fn launch(
     mapping: &IdMapping,
     containers: impl FnOnce(&PodDir) -> anyhow::Result<(Vec<PlannedContainer>, Vec<ImageVolume>)>,
 ) -> anyhow::Result<u8> {
-    let result = workspace(&dir, s).and_then(|workspace| {
+    let result = check_workspace_path(&s.workspace_path).and_then(|()| workspace(&dir, s)).and_then(|workspace| {
         let (containers, image_volumes) = containers(&dir)?;
         let plan = PodPlan {
             name: shape.name.clone(),
@@ -370,6 +429,7 @@ fn image_containers(
         let settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty);
         let spec = bundle::runtime_spec(&image.config, &user_db_root(lowers), &settings)
             .with_context(|| format!("container {}", c.name))?;
+        check_ids(&c.name, &spec, mapping)?;
         bundle::write_pod_config(&spec_dir, &spec)?;
         let rootfs = tree_source(s.rootfs, lowers, &dir.dir.join("rw").join(&c.name))?;
         // A volume mounted where the workspace goes *is* the workspace (so a

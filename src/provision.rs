@@ -63,10 +63,19 @@ impl Provision {
         let registries = Registries::load()?;
         let mut out = Vec::with_capacity(refs.len());
         let mut missing = Vec::new();
+        let platform = fetch.platform.as_deref().map(Platform::parse).transpose()?;
         for (i, r) in refs.iter().enumerate() {
             let parsed = reference::parse(r)?;
             match self.stored(&parsed, &registries)? {
-                Some(image) => out.push(Some(image)),
+                Some(image) => {
+                    // A stored image is used only for the platform asked for.
+                    if let Some(want) = &platform {
+                        let mut parts = image.record.platform.splitn(3, '/');
+                        let os_arch = format!("{}/{}", parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+                        pull::check_platform(r, want, os_arch.trim_matches('/'), parts.next()).with_context(|| format!("{r} (stored)"))?;
+                    }
+                    out.push(Some(image))
+                }
                 None => {
                     out.push(None);
                     missing.push((i, parsed));
@@ -74,7 +83,6 @@ impl Provision {
             }
         }
         if !missing.is_empty() {
-            let platform = fetch.platform.as_deref().map(Platform::parse).transpose()?;
             let opts = PullOptions { platform, tls_verify: fetch.tls_verify, ..PullOptions::default() };
             let progress = Progress::new(Mode::detect(fetch.quiet));
             let rt = crate::fetch::pull::runtime().context("cannot start the async runtime")?;

@@ -255,6 +255,9 @@ pub fn runtime_spec(image: &ImageConfiguration, rootfs: &Path, settings: &Contai
     if !cwd.starts_with('/') || cwd.contains('\0') {
         return Err(invalid("working directory", format!("{cwd:?} is not an absolute path")));
     }
+    if escapes_root(cwd) {
+        return Err(invalid("working directory", format!("{cwd:?} reaches outside the container's root with '..'")));
+    }
 
     let mut additional_gids = user.additional_gids.clone();
     if settings.user_namespace.single_gid() {
@@ -491,6 +494,21 @@ fn check_hostname(h: &str) -> Result<(), BundleError> {
     }
 }
 
+/// True when `..` climbs above `/` (the kernel would stop at `/`, so the
+/// path means something other than it says).
+fn escapes_root(path: &str) -> bool {
+    let mut depth = 0usize;
+    for c in Path::new(path).components() {
+        match c {
+            std::path::Component::Normal(_) => depth += 1,
+            std::path::Component::ParentDir if depth == 0 => return true,
+            std::path::Component::ParentDir => depth -= 1,
+            _ => {}
+        }
+    }
+    false
+}
+
 fn invalid(what: &'static str, why: String) -> BundleError {
     BundleError::Invalid { what, why }
 }
@@ -605,6 +623,10 @@ mod tests {
         assert_eq!(spec.process().as_ref().unwrap().user().additional_gids(), &None);
 
         assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("c").working_dir("rel")).is_err());
+        for escaping in ["/a/../../etc", "/..", "/x/../.."] {
+            assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("c").working_dir(escaping)).is_err(), "{escaping}");
+        }
+        assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("c").working_dir("/a/../etc")).is_ok());
         for h in ["", "a/b", "a b", &"x".repeat(65)] {
             assert!(runtime_spec(&img, r.path(), &ContainerSettings::new(h)).is_err(), "{h:?}");
         }

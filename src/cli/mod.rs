@@ -172,8 +172,11 @@ fn ignore_sigpipe() {
 /// Logs go to stderr, always: stdout belongs to the container.
 fn init_logging(verbose: u8) {
     use tracing_subscriber::EnvFilter;
+    // libcontainer logs each failure at ERROR on its way up, several lines
+    // for one cause; berth reports that cause in its one line, so its own
+    // logs start at -v.
     let default = match verbose {
-        0 => "berth=warn,libcontainer=error,libcgroups=error",
+        0 => "berth=warn,libcontainer=off,libcgroups=off",
         1 => "berth=info,libcontainer=warn,libcgroups=warn",
         2 => "berth=debug,libcontainer=info,libcgroups=info",
         _ => "trace",

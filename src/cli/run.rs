@@ -82,7 +82,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "QUANTITY", value_parser = parse_cpus)]
     pub cpus: Option<u64>,
     /// Most tasks (processes and threads) in the whole pod [default: no limit].
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=planner::MAX_PIDS))]
     pub pids_limit: Option<u64>,
     /// Do not echo sidecar output to stderr.
     #[arg(long)]
@@ -128,6 +128,7 @@ pub struct RunArgs {
 fn parse_memory(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::bytes(s) {
         Ok(0) => Err("must be more than 0".into()),
+        Ok(b) if i64::try_from(b).is_err() => Err(format!("must be at most {} bytes", i64::MAX)),
         r => r.map_err(|e| e.to_string()),
     }
 }
@@ -135,6 +136,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
 fn parse_cpus(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::millis(s) {
         Ok(0) => Err("must be more than 0".into()),
+        Ok(m) if m > planner::MAX_CPU_MILLIS => Err(format!("must be at most {} cores", planner::MAX_CPU_MILLIS / 1000)),
         r => r.map_err(|e| e.to_string()),
     }
 }

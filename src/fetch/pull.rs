@@ -62,6 +62,8 @@ pub enum PullError {
     Manifest { reference: String, source: ManifestError },
     #[error("no image for platform {platform} (the index has {available})")]
     NoPlatform { reference: String, platform: String, available: String },
+    #[error("the image is for {image}, not {platform}")]
+    WrongPlatform { reference: String, platform: String, image: String },
     #[error("{what} {digest}")]
     Blob { reference: String, what: &'static str, digest: Digest, source: Box<BlobError> },
     /// Every search registry failed for a short name.
@@ -212,6 +214,23 @@ fn check_child(r: &RegistryRef, entry: &Descriptor) -> Result<(), PullError> {
     Ok(())
 }
 
+/// A platform asked for must be the image's (`os/arch` from its config, and
+/// its variant): a single-platform image is checked here, as an index entry
+/// is by selection. An image without platform data only gets a warning, as
+/// podman gives.
+pub fn check_platform(reference: &str, want: &Platform, image: &str, variant: Option<&str>) -> Result<(), PullError> {
+    let (os, arch) = image.split_once('/').unwrap_or((image, ""));
+    if os.is_empty() || arch.is_empty() {
+        tracing::warn!("{reference}: the image has no platform data; it may not be for {want}");
+        return Ok(());
+    }
+    let got = Platform { os: os.into(), architecture: arch.into(), variant: variant.filter(|v| !v.is_empty()).map(Into::into), os_version: None };
+    if want.matches(&got) {
+        return Ok(());
+    }
+    Err(PullError::WrongPlatform { reference: reference.to_string(), platform: want.to_string(), image: got.to_string() })
+}
+
 /// `linux/amd64, linux/arm64/v8` for an error message.
 pub(crate) fn available(entries: &[Descriptor]) -> String {
     let list: Vec<String> = entries.iter().filter_map(|d| d.platform.as_ref()).map(|p| p.to_string()).collect();
@@ -244,6 +263,9 @@ async fn fetch(
     let s = store.clone();
     let cfg_digest = m.config.digest.clone();
     let config = blocking(move || s.read_config(&cfg_digest).map_err(PullError::from)).await?;
+    if let Some(want) = &opts.platform {
+        check_platform(&name, want, &format!("{}/{}", config.os(), config.architecture()), config.variant().as_deref())?;
+    }
     if config.rootfs().diff_ids().len() != m.layers.len() {
         return Err(PullError::Invalid {
             reference: name,

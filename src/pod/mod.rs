@@ -311,6 +311,10 @@ fn validate_container(c: &Container, init: bool, path: &str, volumes: &HashSet<&
         if Path::new(&m.mount_path).components().any(|c| c == Component::ParentDir) {
             return err(&format!("{mp}.mountPath"), format!("container {name:?}: mountPath {:?} must not contain '..'", m.mount_path));
         }
+        // A volume cannot replace the container's root filesystem.
+        if Path::new(&m.mount_path).components().all(|c| c == Component::RootDir || c == Component::CurDir) {
+            return err(&format!("{mp}.mountPath"), format!("container {name:?}: mountPath {:?} would cover the container's root", m.mount_path));
+        }
         if !mount_paths.insert(Path::new(&m.mount_path).components().collect::<PathBuf>()) {
             return err(&format!("{mp}.mountPath"), format!("container {name:?} mounts {:?} twice", m.mount_path));
         }

@@ -82,7 +82,15 @@ impl Signals {
     /// Every signal received since the last call, each at most once.
     pub fn drain(&self) -> Vec<Signal> {
         let mut mask = PENDING.swap(0, Ordering::SeqCst);
+        // As PID 1 of the pod's namespace (the pod process), a sender with
+        // a pid is a process of the pod (shareProcessNamespace: `kill 1`);
+        // berth's own side is outside, where the kernel reports pid 0.
+        let init = nix::unistd::getpid().as_raw() == 1;
         while let Ok(Some(info)) = self.fd.read_signal() {
+            if init && info.ssi_pid != 0 && info.ssi_signo != Signal::SIGCHLD as u32 {
+                tracing::debug!("ignoring signal {} sent by pid {} inside the pod", info.ssi_signo, info.ssi_pid);
+                continue;
+            }
             if info.ssi_signo < 64 {
                 mask |= 1 << info.ssi_signo;
             }

@@ -1,6 +1,8 @@
 //! Layer media types and their decoders.
 
 use std::io::{BufReader, Read};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use flate2::read::MultiGzDecoder;
 
@@ -44,14 +46,62 @@ pub fn decompress<R: Read + Send + 'static>(
     r: R,
 ) -> Result<Box<dyn Read + Send>, UnsupportedMediaType> {
     const BUF: usize = 256 * 1024;
-    match compression(media_type) {
-        Some(Compression::None) => Ok(Box::new(r)),
-        Some(Compression::Gzip) => Ok(Box::new(MultiGzDecoder::new(BufReader::with_capacity(BUF, r)))),
-        Some(Compression::Zstd) => Ok(Box::new(
-            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF, r))
-                .map_err(UnsupportedMediaType::Zstd)?,
-        )),
-        None => Err(UnsupportedMediaType::Unknown(media_type.to_string())),
+    let read_in = Arc::new(AtomicU64::new(0));
+    let counted = Counted { inner: r, n: read_in.clone() };
+    let decoder: Box<dyn Read + Send> = match compression(media_type) {
+        Some(Compression::None) => return Ok(Box::new(counted.inner)),
+        Some(Compression::Gzip) => Box::new(MultiGzDecoder::new(BufReader::with_capacity(BUF, counted))),
+        Some(Compression::Zstd) => Box::new(
+            zstd::stream::read::Decoder::with_buffer(BufReader::with_capacity(BUF, counted)).map_err(UnsupportedMediaType::Zstd)?,
+        ),
+        None => return Err(UnsupportedMediaType::Unknown(media_type.to_string())),
+    };
+    Ok(Box::new(RatioBound { inner: decoder, read_in, out: 0 }))
+}
+
+/// A layer may decompress to this much whatever its size...
+pub const BOMB_FLOOR: u64 = 16 << 20;
+/// ...and beyond it to this many times its compressed bytes. Real layers
+/// stay far below (2 to 10); gzip's most is about 1030 (zeros), zstd's far
+/// more, so a small blob cannot fill the disk before the 64 GiB layer limit.
+pub const BOMB_RATIO: u64 = 200;
+
+/// The decoder's output, cut off once it outgrows the bound above.
+struct RatioBound {
+    inner: Box<dyn Read + Send>,
+    read_in: Arc<AtomicU64>,
+    out: u64,
+}
+
+impl Read for RatioBound {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.out += n as u64;
+        let read_in = self.read_in.load(Ordering::Relaxed);
+        if self.out > BOMB_FLOOR.saturating_add(read_in.saturating_mul(BOMB_RATIO)) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "decompression bomb: {read_in} compressed bytes expand to more than {} (over {BOMB_FLOOR} bytes, at most a ratio of {BOMB_RATIO})",
+                    self.out
+                ),
+            ));
+        }
+        Ok(n)
+    }
+}
+
+/// Counts the compressed bytes the decoder has read.
+struct Counted<R> {
+    inner: R,
+    n: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
     }
 }
 
@@ -165,6 +215,27 @@ mod tests {
         truncated.truncate(truncated.len() / 2);
         let r = decompress("application/vnd.oci.image.layer.v1.tar+gzip", std::io::Cursor::new(truncated)).unwrap();
         assert!(read_ahead(r).read_to_end(&mut Vec::new()).is_err());
+    }
+
+    #[test]
+    fn a_compression_bomb_is_cut_off_and_a_normal_layer_is_not() {
+        // 1 MiB of zeros is one ~1 KB gzip member; members concatenate.
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        std::io::Write::write_all(&mut e, &vec![0u8; 1 << 20]).unwrap();
+        let member = e.finish().unwrap();
+        let gzip = "application/vnd.oci.image.layer.v1.tar+gzip";
+        let bomb = member.repeat(32);
+        let mut out = Vec::new();
+        let e = decompress(gzip, std::io::Cursor::new(bomb)).unwrap().read_to_end(&mut out).unwrap_err();
+        assert!(e.to_string().contains("decompression bomb"), "{e}");
+        assert!((out.len() as u64) < 32 << 20);
+        // Under the floor, any ratio is fine; above it, ordinary data too.
+        let small = member.repeat(8);
+        assert_eq!(decompress(gzip, std::io::Cursor::new(small)).unwrap().read_to_end(&mut Vec::new()).unwrap(), 8 << 20);
+        let text: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8 % 16 + b'a').collect();
+        let zst = zstd::encode_all(&text[..], 3).unwrap();
+        let zstd_type = "application/vnd.oci.image.layer.v1.tar+zstd";
+        assert_eq!(decompress(zstd_type, std::io::Cursor::new(zst)).unwrap().read_to_end(&mut Vec::new()).unwrap(), text.len());
     }
 
     #[test]

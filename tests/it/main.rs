@@ -27,4 +27,5 @@ mod unpack_bench;
 mod unpack_hostile;
 mod unpack_layers;
 mod unpack_rootless;
+mod validate;
 mod vm_guest;

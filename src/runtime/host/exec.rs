@@ -92,17 +92,21 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
             // The parent restores the terminal, never the helper.
             std::mem::forget(raw);
             let state_root = dir.containers_root();
-            let code = if tty {
+            let code = container::check_exec(name, &state_root, &cmd).map_err(ExecError::from).and_then(|()| if tty {
                 relay_tty(dir, name, &state_root, cmd, &signals)
             } else {
                 signals
                     .unblocked(|| container::exec(name, &state_root, cmd, HashMap::new(), None))
                     .map_err(ExecError::from)
                     .and_then(|pid| Ok(wait_forwarding(pid, &set, false)?))
-            };
+            });
             let code = code.unwrap_or_else(|e| {
                 crate::exit::report(&e);
-                crate::exit::PROVISION
+                match e {
+                    ExecError::Container(ContainerError::Command { why: container::CommandProblem::NotFound, .. }) => crate::exit::NOT_FOUND,
+                    ExecError::Container(ContainerError::Command { why: container::CommandProblem::NotExecutable, .. }) => crate::exit::CANNOT_EXEC,
+                    _ => crate::exit::PROVISION,
+                }
             });
             std::process::exit(code.into());
         }

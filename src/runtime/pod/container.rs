@@ -330,20 +330,15 @@ fn copy_layers(name: &str, layers: Vec<PathBuf>, dest: &Path) -> Result<(), Cont
     Ok(())
 }
 
-/// How many ids an id map file maps.
-/// Resolves the process's `args[0]` inside `rootfs` against its `PATH`, as
-/// the kernel would see it after pivot_root, so a missing or
-/// non-executable command is reported as 127/126 before anything starts.
+/// Resolves the process's `args[0]` against its `PATH` as the container
+/// will see it after pivot_root, volumes and other bind mounts included, so
+/// a missing or non-executable command is reported as 127/126 before the
+/// container is created.
 pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandProblem)> {
     let Some(process) = spec.process() else { return Ok(()) };
     let Some(cmd) = process.args().as_ref().and_then(|a| a.first()) else { return Ok(()) };
-    let root = match pathrs::Root::open(rootfs) {
-        Ok(r) => r,
-        Err(_) => return Ok(()), // libcontainer reports it
-    };
     let candidates: Vec<PathBuf> = if cmd.contains('/') {
-        let cwd = PathBuf::from(process.cwd());
-        vec![cwd.join(cmd)]
+        vec![Path::new(process.cwd()).join(cmd)]
     } else {
         let path = process
             .env()
@@ -354,7 +349,9 @@ pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandP
     };
     let mut found_any = false;
     for cand in &candidates {
-        let Ok(handle) = root.resolve(cand) else { continue };
+        let (base, rest) = locate(spec, rootfs, cand);
+        let Ok(root) = pathrs::Root::open(&base) else { continue };
+        let Ok(handle) = root.resolve(&rest) else { continue };
         found_any = true;
         if let Ok(st) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&handle))) {
             let mode = fs::Permissions::from_mode(st.st_mode).mode();
@@ -365,6 +362,67 @@ pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandP
     }
     let why = if found_any { CommandProblem::NotExecutable } else { CommandProblem::NotFound };
     Err((cmd.clone(), why))
+}
+
+/// Where the container's absolute `path` lives on our side: the source of
+/// the deepest bind mount covering it (else `rootfs`), and the rest of the
+/// path below that. `..` is taken lexically, as the runtime spec's paths
+/// are; symlinks are followed inside that tree only.
+pub fn locate(spec: &Spec, rootfs: &Path, path: &Path) -> (PathBuf, PathBuf) {
+    use std::path::Component;
+    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(p),
+            Component::ParentDir => {
+                parts.pop();
+            }
+            _ => {}
+        }
+    }
+    let mut best: (usize, PathBuf) = (0, rootfs.to_path_buf());
+    for m in spec.mounts().iter().flatten() {
+        let is_bind = m.typ().as_deref() == Some("bind")
+            || m.options().iter().flatten().any(|o| o == "bind" || o == "rbind");
+        let Some(source) = m.source().as_ref().filter(|s| is_bind && s.is_absolute()) else { continue };
+        let dest: Vec<_> = m.destination().components().filter_map(|c| match c {
+            Component::Normal(p) => Some(p),
+            _ => None,
+        }).collect();
+        // Later mounts at the same place cover earlier ones.
+        if dest.len() >= best.0 && dest.len() <= parts.len() && parts[..dest.len()] == dest[..] {
+            best = (dest.len(), source.clone());
+        }
+    }
+    let rest: PathBuf = parts[best.0..].iter().collect();
+    (best.1, rest)
+}
+
+/// Creates the process's working directory where it is missing, as Docker,
+/// podman and Kubernetes do: in the tree it will be in (the rootfs or a
+/// volume), each new directory owned by the container's user.
+pub fn ensure_cwd(spec: &Spec, rootfs: &Path) -> std::io::Result<()> {
+    let Some(process) = spec.process() else { return Ok(()) };
+    let (base, rest) = locate(spec, rootfs, process.cwd());
+    let root = pathrs::Root::open(&base).map_err(std::io::Error::other)?;
+    let (uid, gid) = (process.user().uid(), process.user().gid());
+    let mut sofar = PathBuf::new();
+    for part in rest.components() {
+        sofar.push(part);
+        if root.resolve(&sofar).is_ok() {
+            continue;
+        }
+        root.create(&sofar, &pathrs::InodeType::Directory(fs::Permissions::from_mode(0o755))).map_err(std::io::Error::other)?;
+        let dir = root.resolve_nofollow(&sofar).map_err(std::io::Error::other)?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&dir));
+        // The handle is an O_PATH fd: fchown(2) refuses those, AT_EMPTY_PATH
+        // changes the inode itself.
+        // SAFETY: a valid fd and a NUL-terminated empty path.
+        if unsafe { libc::fchownat(fd, c"".as_ptr(), uid, gid, libc::AT_EMPTY_PATH) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Writes the adjusted spec as the pod's bundle for this container.
@@ -418,6 +476,24 @@ pub fn exec(
         b = b.with_stdin(s.stdin).with_stdout(s.stdout).with_stderr(s.stderr);
     }
     b.as_tenant().with_container_args(args).with_env(env).with_detach(true).build().map_err(lc)
+}
+
+/// Checks that `args[0]` of a tenant exec can run in container `name` (its
+/// env's PATH, cwd `/`, its root and bind mounts), for 127/126 in one line
+/// instead of libcontainer's failure. The caller is in the pod's mount
+/// namespace.
+pub fn check_exec(name: &str, state_root: &Path, args: &[String]) -> Result<(), ContainerError> {
+    let lc = |source| ContainerError::Libcontainer { name: name.to_string(), source: Box::new(source) };
+    let bundle = Container::load(state_root.join(name)).map_err(lc)?.bundle().to_path_buf();
+    let config = bundle.join("config.json");
+    let mut spec = Spec::load(&config).map_err(|source| ContainerError::Spec { name: name.to_string(), path: config, source })?;
+    let Some(root) = spec.root().as_ref().map(|r| r.path().clone()) else { return Ok(()) };
+    let rootfs = if root.is_absolute() { root } else { bundle.join(root) };
+    if let Some(p) = spec.process_mut() {
+        p.set_args(Some(args.to_vec()));
+        p.set_cwd(PathBuf::from("/"));
+    }
+    check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name: name.to_string(), path, why })
 }
 
 /// Starts `args` in a running container with a pseudo-terminal whose master

@@ -43,11 +43,24 @@ impl Pod {
         }
         let mut filters = Filters::new(self.dir.seccomp_cache());
         let mut bundles = Vec::new();
+        // The main command may be one an init container puts on a volume:
+        // where it is missing now, it is looked for again after them.
+        let has_init = self.plan.containers.iter().any(|c| c.role == Role::Init);
+        let mut check_main_later = None;
         for (i, c) in self.plan.containers.iter().enumerate() {
             let rootfs = container::prepare_rootfs(c, &self.dir.rootfs(&c.name))?;
             let mut spec = container::pod_spec(c, &rootfs, &ctx)?;
+            container::ensure_cwd(&spec, &rootfs).map_err(|e| ContainerError::Invalid {
+                name: c.name.clone(),
+                what: format!("creating its working directory {}: {e}", spec.process().as_ref().map_or(Path::new("/"), |p| p.cwd()).display()),
+            })?;
             if c.role == Role::Main {
-                container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name: c.name.clone(), path, why })?;
+                if let Err((path, why)) = container::check_command(&spec, &rootfs) {
+                    if !has_init {
+                        return Err(ContainerError::Command { name: c.name.clone(), path, why }.into());
+                    }
+                    check_main_later = Some((spec.clone(), rootfs.clone()));
+                }
             }
             let b = self.dir.bundle(&c.name);
             let invalid = |e: super::seccomp::SeccompError| ContainerError::Invalid { name: c.name.clone(), what: crate::runtime::error_chain(&e) };
@@ -70,6 +83,10 @@ impl Pod {
             if code != 0 {
                 return Err(PodError::InitFailed { name, code });
             }
+        }
+        if let Some((spec, rootfs)) = check_main_later {
+            let name = self.members.iter().find(|m| m.role == Role::Main).map(|m| m.name.clone()).unwrap_or_default();
+            container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name, path, why })?;
         }
         for (i, bundle) in bundles.iter().enumerate() {
             if self.members[i].role == Role::Sidecar {
