@@ -75,6 +75,14 @@ impl Entry {
         Some(Ok((entry, verbose)))
     }
 
+    /// The pod process for the state directory open as `dir`, which the
+    /// child inherits (name its fd in `SpawnOptions::keep_fds`): its command
+    /// line, `/proc/1/cmdline` inside the pod, then names no host path.
+    pub fn pod_by_fd(dir: &std::fs::File) -> Entry {
+        use std::os::fd::AsRawFd as _;
+        Entry::Pod { state_dir: PathBuf::from(format!("{FD_DIR}{}", dir.as_raw_fd())) }
+    }
+
     /// Starts this entry in a new user namespace with `mapping` (see
     /// [`userns::spawn`]); the caller waits for the returned pid.
     pub fn spawn(&self, mapping: &IdMapping, verbose: u8, opts: &SpawnOptions) -> Result<Pid, UsernsError> {
@@ -87,7 +95,7 @@ impl Entry {
         let outcome = match self {
             // The pod process reports its own failure: berth passes the
             // status (125, 126, 127 or 128+N) through unchanged.
-            Entry::Pod { state_dir } => match crate::runtime::pod::run(&state_dir) {
+            Entry::Pod { state_dir } => match crate::runtime::pod::run(&inherited(state_dir)) {
                 Ok(code) => return code,
                 Err(e) => {
                     crate::exit::report(&e);
@@ -105,6 +113,25 @@ impl Entry {
                 crate::exit::PROVISION
             }
         }
+    }
+}
+
+/// Where inherited descriptors are named in a command line.
+const FD_DIR: &str = "/proc/self/fd/";
+
+/// A path given as an inherited descriptor ([`Entry::pod_by_fd`]) becomes
+/// the path it stands for, and the descriptor is closed: nothing of it
+/// reaches the containers. Other paths are returned as they are.
+fn inherited(path: PathBuf) -> PathBuf {
+    let Some(fd) = path.to_str().and_then(|p| p.strip_prefix(FD_DIR)).and_then(|n| n.parse::<i32>().ok()) else {
+        return path;
+    };
+    match std::fs::read_link(&path) {
+        Ok(real) => {
+            let _ = nix::unistd::close(fd);
+            real
+        }
+        Err(_) => path,
     }
 }
 

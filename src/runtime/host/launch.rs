@@ -8,6 +8,8 @@
 //! container.
 
 
+use std::os::fd::AsRawFd as _;
+
 use nix::sched::CloneFlags;
 use nix::sys::signal::{kill, SigmaskHow, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -26,6 +28,8 @@ pub enum LaunchError {
     Plan(#[from] crate::runtime::plan::PlanError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error("opening the pod's state directory")]
+    StateDir(#[source] std::io::Error),
     #[error("starting the pod process")]
     Spawn(#[from] UsernsError),
     #[error("waiting for the pod process: {0}")]
@@ -118,13 +122,18 @@ fn run_pod_process(
     tty: bool,
     cgroup: Option<&PodCgroup>,
 ) -> Result<u8, LaunchError> {
+    // The pod process finds its state through an inherited descriptor: its
+    // command line, which every container of a shared PID namespace can
+    // read as /proc/1/cmdline, names no host path.
+    let state = std::fs::File::open(&dir.dir).map_err(LaunchError::StateDir)?;
     let spawn_opts = SpawnOptions {
         extra_namespaces: CloneFlags::CLONE_NEWPID,
         parent_death_signal: Some(Signal::SIGKILL),
-        keep_fds: Vec::new(),
+        keep_fds: vec![state.as_raw_fd()],
         cgroup: cgroup.map(|c| c.dir.clone()),
     };
-    let pid = Entry::Pod { state_dir: dir.dir.clone() }.spawn(opts.mapping, opts.verbose, &spawn_opts)?;
+    let pid = Entry::pod_by_fd(&state).spawn(opts.mapping, opts.verbose, &spawn_opts)?;
+    drop(state);
     let me = Pid::this();
     dir.write_owner(&Owner {
         pid: me.as_raw(),
