@@ -6,41 +6,116 @@ use std::path::PathBuf;
 use super::expand::expand_references;
 use super::scalar::{boolean, integer, port_number, quantity_of, scalar_text, string};
 use super::walk::Ignore::{self, Reject, Silent, SilentIf, Warn};
-use super::walk::{fail, join, Obj, Res, Walk};
+use super::walk::{fail, join, Located, Obj, Res, Walk};
 use super::yaml::{short, Node, ScalarKind, Value};
-use crate::pod::{quantity, Container, Limits, Network, Pod, Probe, ProbeAction, Volume, VolumeMount, VolumeSource};
+use crate::pod::{quantity, Container, Limits, Network, Pod, Probe, ProbeAction, PullPolicy, Volume, VolumeMount, VolumeSource};
 
 impl Walk {
-    /// `pod.yaml` as a whole.
+    /// `pod.yaml` as a whole. The header (`apiVersion`, `kind`,
+    /// `metadata`) may be absent, as in the Kubernetes plugin's templates;
+    /// what is wrong in it is reported at once, every field in one error.
     pub(super) fn pod(&mut self, root: &Node) -> Res<Pod> {
         let mut top = self.obj(root, "")?;
-        let (api, path) = self.required(&mut top, "apiVersion")?;
-        if string(api, &path)? != "v1" {
-            return fail(api.mark, format!("apiVersion must be v1 for a Pod, not {}", scalar_text(api)));
+        let mut wrong: Vec<Located> = Vec::new();
+        if let Some((api, path)) = self.field(&mut top, "apiVersion") {
+            match string(api, &path) {
+                Ok(v) if v == "v1" => {}
+                Ok(_) => wrong.push(Located { mark: api.mark, message: format!("apiVersion must be v1 for a Pod, not {}", scalar_text(api)) }),
+                Err(e) => wrong.push(e),
+            }
         }
-        let (kind, path) = self.required(&mut top, "kind")?;
-        if string(kind, &path)? != "Pod" {
-            return fail(kind.mark, format!("kind must be Pod (berth runs Pods), not {}", scalar_text(kind)));
+        if let Some((kind, path)) = self.field(&mut top, "kind") {
+            match string(kind, &path) {
+                Ok(v) if v == "Pod" => {}
+                Ok(_) => wrong.push(Located { mark: kind.mark, message: format!("kind must be Pod (berth runs Pods), not {}", scalar_text(kind)) }),
+                Err(e) => wrong.push(e),
+            }
         }
-        let (meta, path) = self.required(&mut top, "metadata")?;
-        let name = self.metadata(meta, &path)?;
+        let name = match self.field(&mut top, "metadata") {
+            Some((meta, path)) => self.metadata(meta, &path).unwrap_or_else(|e| {
+                wrong.extend(e);
+                None
+            }),
+            None => None,
+        };
+        if let Some(first) = wrong.first() {
+            let mut message = first.message.clone();
+            for w in &wrong[1..] {
+                message.push_str(&format!("; {} (at {}:{})", w.message, w.mark.line, w.mark.column));
+            }
+            return fail(first.mark, message);
+        }
+        let name = self.opts.name.clone().or(name).unwrap_or_else(|| self.default_name.clone());
+        self.downward.name = name.clone();
+        if self.downward.namespace.is_empty() {
+            self.downward.namespace = "default".into();
+        }
+        self.downward.uid = super::downward::random_uid();
         let (spec, path) = self.required(&mut top, "spec")?;
         let pod = self.spec(spec, &path, name)?;
         self.finish(top, &[("status", Silent)])?;
         Ok(pod)
     }
 
-    fn metadata(&mut self, node: &Node, path: &str) -> Res<String> {
-        let mut o = self.obj(node, path)?;
+    /// The name the file gives, if any; every problem found, not the first.
+    fn metadata(&mut self, node: &Node, path: &str) -> Result<Option<String>, Vec<Located>> {
+        let mut o = self.obj(node, path).map_err(|e| vec![e])?;
+        let mut wrong = Vec::new();
         let name = match (self.field(&mut o, "name"), self.field(&mut o, "generateName")) {
-            (Some((n, p)), _) => string(n, &p)?,
-            (None, Some((g, p))) => format!("{}{}", string(g, &p)?, crate::pod::random_suffix(5)),
-            (None, None) => return fail(o.mark, format!("{path}.name is required")),
+            (Some((n, p)), _) => match string(n, &p) {
+                // An override makes the file's name irrelevant.
+                Ok(name) if self.opts.name.is_none() && !crate::pod::is_dns_label(&name) => {
+                    wrong.push(Located {
+                        mark: n.mark,
+                        message: format!("{p}: invalid pod name {}: {}", short(&name), crate::pod::LABEL_RULE),
+                    });
+                    None
+                }
+                Ok(name) => Some(name),
+                Err(e) => {
+                    wrong.push(e);
+                    None
+                }
+            },
+            (None, Some((g, p))) => match string(g, &p) {
+                Ok(prefix) => Some(format!("{prefix}{}", crate::pod::random_suffix(5))),
+                Err(e) => {
+                    wrong.push(e);
+                    None
+                }
+            },
+            (None, None) => None,
         };
+        if let Some((ns, p)) = self.field(&mut o, "namespace") {
+            match string(ns, &p) {
+                Ok(ns) => self.downward.namespace = ns,
+                Err(e) => wrong.push(e),
+            }
+        }
+        for key in ["labels", "annotations"] {
+            if let Some((m, p)) = self.field(&mut o, key) {
+                // Only a fieldRef reads them: anything but strings is left out.
+                let pairs: Vec<(String, String)> = match &m.value {
+                    Value::Map(entries) => entries
+                        .iter()
+                        .filter_map(|(k, v)| match &v.value {
+                            Value::Scalar(s) if s.kind == ScalarKind::Str => Some((k.text.clone(), s.text.clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => {
+                        wrong.push(Located { mark: m.mark, message: format!("{p} must be a mapping, not {}", m.describe()) });
+                        Vec::new()
+                    }
+                };
+                if key == "labels" {
+                    self.downward.labels = pairs;
+                } else {
+                    self.downward.annotations = pairs;
+                }
+            }
+        }
         const META: &[(&str, Ignore)] = &[
-            ("namespace", Silent),
-            ("labels", Silent),
-            ("annotations", Silent),
             ("uid", Silent),
             ("resourceVersion", Silent),
             ("generation", Silent),
@@ -52,17 +127,28 @@ impl Walk {
             ("managedFields", Silent),
             ("selfLink", Silent),
         ];
-        self.finish(o, META)?;
-        Ok(name)
+        if let Err(e) = self.finish(o, META) {
+            wrong.push(e);
+        }
+        if wrong.is_empty() { Ok(name) } else { Err(wrong) }
     }
 
     fn spec(&mut self, node: &Node, path: &str, name: String) -> Res<Pod> {
         let mut o = self.obj(node, path)?;
+        let o_mark = o.mark;
+        self.downward.service_account = "default".into();
+        for key in ["serviceAccountName", "serviceAccount"] {
+            if let Some((v, p)) = self.field(&mut o, key) {
+                self.downward.service_account = string(v, &p)?;
+                break;
+            }
+        }
 
         let mut defaults = RunAs::default();
         if let Some((sc, p)) = self.field(&mut o, "securityContext") {
             let mut sc = self.obj(sc, &p)?;
             defaults = self.run_as(&mut sc)?;
+            self.seccomp_profile(&mut sc)?;
             const POD_SC: &[(&str, Ignore)] = &[
                 ("runAsNonRoot", SilentIf(&["false"], "not enforced")),
                 ("fsGroup", Warn("berth does not change volume ownership")),
@@ -70,7 +156,6 @@ impl Walk {
                 ("supplementalGroups", Warn("not supported")),
                 ("supplementalGroupsPolicy", Silent),
                 ("sysctls", Warn("not supported")),
-                ("seccompProfile", Warn("berth applies its default seccomp profile")),
                 ("seLinuxOptions", Warn("not supported")),
                 ("seLinuxChangePolicy", Silent),
                 ("appArmorProfile", Warn("not supported")),
@@ -152,7 +237,6 @@ impl Walk {
             ("overhead", Silent),
             ("readinessGates", Silent),
             ("os", Silent),
-            ("serviceAccountName", Silent),
             ("serviceAccount", Silent),
             ("automountServiceAccountToken", Silent),
             ("enableServiceLinks", Silent),
@@ -163,15 +247,38 @@ impl Walk {
         ];
         self.finish(o, SPEC)?;
 
-        let mut pod = Pod { name, init_containers, containers, main: 0, volumes, share_process_namespace, network, grace_seconds };
-        // The runtime honours tty for the main container only; say so where
-        // a file asks for more (a common Jenkins pod-template habit).
-        for (init, list) in [(true, &mut pod.init_containers), (false, &mut pod.containers)] {
-            for (i, c) in list.iter_mut().enumerate() {
-                if c.tty && (init || i != 0) {
+        for (v, _) in &self.opts.volume_from {
+            if !volumes.iter().any(|vol| vol.name == *v) {
+                let names: Vec<&str> = volumes.iter().map(|vol| vol.name.as_str()).collect();
+                return fail(o_mark, format!("--volume-from names {}, which is no volume of this pod (volumes: {})", short(v), names.join(", ")));
+            }
+        }
+        // The agent's container is the main one: its stdio is the channel.
+        let main = containers.iter().position(|c| c.agent).unwrap_or(0);
+        let mut pod = Pod { name, init_containers, containers, main, volumes, share_process_namespace, network, grace_seconds };
+        for c in pod.init_containers.iter_mut().chain(pod.containers.iter_mut()) {
+            for m in &mut c.volume_mounts {
+                m.read_only |= self.read_only_volumes.contains(&m.name);
+            }
+        }
+        // The runtime honours tty for the main container only. Jenkins
+        // templates set it on every container out of habit, harmlessly,
+        // except where the command is a bare `cat` kept alive by the
+        // terminal: that one ends at once on berth's empty stdin.
+        for (init, list) in [(true, &pod.init_containers), (false, &pod.containers)] {
+            for (i, c) in list.iter().enumerate() {
+                if c.tty && (init || i != main) {
                     let p = format!("{path}.{}[{i}].tty", if init { "initContainers" } else { "containers" });
                     let mark = self.marks.get(&p).copied().unwrap_or_default();
-                    self.warn(mark, &p, format!("ignoring {p}: only the main container gets a terminal"));
+                    if waits_on_stdin(c) {
+                        self.warn(
+                            mark,
+                            &p,
+                            format!("{p}: only the main container gets a terminal, so `cat` here ends at once; use sleep infinity to keep the container running"),
+                        );
+                    } else {
+                        tracing::debug!("{}:{}: ignoring {p}: only the main container gets a terminal", mark.line, mark.column);
+                    }
                 }
             }
         }
@@ -182,6 +289,17 @@ impl Walk {
         let mut o = self.obj(node, path)?;
         let (n, p) = self.required(&mut o, "name")?;
         let name = string(n, &p)?;
+        if let Some((_, host)) = self.opts.volume_from.iter().find(|(v, _)| *v == name) {
+            // Mapped on the command line: whatever the file's source, the
+            // host path replaces it; a cluster's read-only kinds stay read-only.
+            let host = host.clone();
+            let read_only = o.entries.iter().any(|(k, v)| READ_ONLY_VOLUMES.contains(&k.text.as_str()) && !v.is_null());
+            o.used.iter_mut().for_each(|u| *u = true);
+            if read_only {
+                self.read_only_volumes.push(name.clone());
+            }
+            return Ok(Volume { name, source: VolumeSource::HostPath(host) });
+        }
         let mut sources = Vec::new();
         if let Some((v, p)) = self.field(&mut o, "emptyDir") {
             let e = self.obj(v, &p)?;
@@ -206,6 +324,17 @@ impl Walk {
             sources.push((v.mark, VolumeSource::Image { reference }));
         }
         for (key, value) in o.entries {
+            if READ_ONLY_VOLUMES.contains(&key.text.as_str()) && !value.is_null() {
+                return fail(
+                    key.mark,
+                    format!(
+                        "{}: a {} volume has no content outside a cluster; map it to a host file or directory with --volume-from {}=PATH",
+                        join(path, &key.text),
+                        key.text,
+                        name
+                    ),
+                );
+            }
             if UNSUPPORTED_VOLUMES.contains(&key.text.as_str()) && !value.is_null() {
                 return fail(
                     key.mark,
@@ -226,8 +355,37 @@ impl Walk {
         let mut o = self.obj(node, path)?;
         let (n, p) = self.required(&mut o, "name")?;
         let name = string(n, &p)?;
-        let (i, p) = self.required(&mut o, "image")?;
-        let image = string(i, &p)?;
+        // The Kubernetes plugin supplies the image of its `jnlp` container:
+        // without one, it is the agent's, which `berth agent` provides.
+        let (image, agent) = match self.field(&mut o, "image") {
+            None if !init && name == "jnlp" => (String::new(), true),
+            None => return fail(o.mark, format!("{} is required", join(&o.path, "image"))),
+            Some((i, p)) => (string(i, &p)?, false),
+        };
+        let pull_policy = match self.field(&mut o, "imagePullPolicy") {
+            None => PullPolicy::default(),
+            Some((v, p)) => match string(v, &p)?.as_str() {
+                "Always" => PullPolicy::Always,
+                "IfNotPresent" => PullPolicy::IfNotPresent,
+                "Never" => PullPolicy::Never,
+                other => {
+                    return fail(v.mark, format!("{p} must be Always, IfNotPresent or Never, not {}", short(other)));
+                }
+            },
+        };
+        // An init container that keeps running (Kubernetes' native sidecar).
+        let sidecar = match self.field(&mut o, "restartPolicy") {
+            Some((v, p)) if init => match string(v, &p)?.as_str() {
+                "Always" => true,
+                other => return fail(v.mark, format!("{p}: an init container's restartPolicy can only be Always, not {}", short(other))),
+            },
+            Some((v, p)) => {
+                let mark = o.key_mark("restartPolicy").unwrap_or(v.mark);
+                self.warn(mark, &p, format!("ignoring {p}: berth never restarts containers"));
+                false
+            }
+            None => false,
+        };
 
         // Kubernetes treats an empty list like an absent one.
         let command = self.field(&mut o, "command").map(|(v, p)| self.string_list(v, &p)).transpose()?.filter(|v| !v.is_empty());
@@ -245,11 +403,14 @@ impl Walk {
                 let mut e = self.obj(item, &ip)?;
                 let (k, kp) = self.required(&mut e, "name")?;
                 let key = string(k, &kp)?;
-                let value = self.field(&mut e, "value").map(|(v, vp)| string(v, &vp)).transpose()?.unwrap_or_default();
-                self.finish(
-                    e,
-                    &[("valueFrom", Reject("valueFrom is not supported (berth has no ConfigMaps, Secrets or downward API); use value"))],
-                )?;
+                let value = self.field(&mut e, "value").map(|(v, vp)| string(v, &vp)).transpose()?;
+                let value = match (value, self.field(&mut e, "valueFrom")) {
+                    (Some(_), Some((vf, _))) => return fail(vf.mark, format!("{ip} may have value or valueFrom, not both")),
+                    (Some(v), None) => v,
+                    (None, None) => String::new(),
+                    (None, Some((vf, vfp))) => self.value_from(vf, &vfp)?,
+                };
+                self.finish(e, &[])?;
                 env.push((key, value));
             }
         }
@@ -341,15 +502,21 @@ impl Walk {
         if let Some((v, p)) = self.field(&mut o, "securityContext") {
             let mut sc = self.obj(v, &p)?;
             let own = self.run_as(&mut sc)?;
+            self.seccomp_profile(&mut sc)?;
             run_as.user = own.user.or(run_as.user);
             run_as.group = own.group.or(run_as.group);
             const SC: &[(&str, Ignore)] = &[
                 ("allowPrivilegeEscalation", SilentIf(&["false"], "berth always sets no_new_privileges")),
-                ("privileged", SilentIf(&["false"], "berth never runs privileged containers")),
+                (
+                    "privileged",
+                    SilentIf(
+                        &["false"],
+                        "privileged is not supported rootless: the container runs unprivileged; docker-in-docker will not work",
+                    ),
+                ),
                 ("readOnlyRootFilesystem", SilentIf(&["false"], "the root filesystem is writable")),
                 ("runAsNonRoot", SilentIf(&["false"], "not enforced")),
                 ("capabilities", Warn("berth grants Docker's default capability set")),
-                ("seccompProfile", Warn("berth applies its default seccomp profile")),
                 ("seLinuxOptions", Warn("not supported")),
                 ("appArmorProfile", Warn("not supported")),
                 ("procMount", SilentIf(&["Default"], "/proc is always masked")),
@@ -359,27 +526,35 @@ impl Walk {
         }
 
         let readiness = match self.field(&mut o, "readinessProbe") {
-            Some((v, p)) if init => return fail(v.mark, format!("{p}: init containers cannot have a readinessProbe")),
+            Some((v, p)) if init && !sidecar => return fail(v.mark, format!("{p}: init containers cannot have a readinessProbe")),
             Some((v, p)) => Some(self.probe(v, &p, &port_names)?),
             None => None,
         };
+        // A native sidecar's startupProbe gates the next container, which
+        // is what berth's readiness does; elsewhere berth has no use for it.
+        let readiness = match self.field(&mut o, "startupProbe") {
+            Some((v, p)) if sidecar => {
+                if readiness.is_some() {
+                    self.warn(v.mark, &p, format!("{p}: berth waits for the startupProbe; the readinessProbe is not used"));
+                }
+                Some(self.probe(v, &p, &port_names)?)
+            }
+            Some((v, p)) => {
+                let mark = o.key_mark("startupProbe").unwrap_or(v.mark);
+                self.warn(mark, &p, format!("ignoring {p}: not supported; use readinessProbe"));
+                readiness
+            }
+            None => readiness,
+        };
         let tty = self.field(&mut o, "tty").map(|(v, p)| boolean(v, &p)).transpose()?.unwrap_or(false);
 
-        let restart: Ignore = if init {
-            Reject("init containers with restartPolicy (Kubernetes sidecars) are not supported; list the container under spec.containers")
-        } else {
-            Warn("berth never restarts containers")
-        };
         let known = [
-            ("imagePullPolicy", Silent),
             ("stdin", Silent),
             ("stdinOnce", Silent),
             ("terminationMessagePath", Silent),
             ("terminationMessagePolicy", Silent),
             ("resizePolicy", Silent),
-            ("restartPolicy", restart),
             ("livenessProbe", Warn("berth does not restart containers")),
-            ("startupProbe", Warn("not supported; use readinessProbe")),
             ("lifecycle", Warn("lifecycle hooks are not supported")),
             ("envFrom", Reject("envFrom is not supported (berth has no ConfigMaps or Secrets); list the variables under env")),
             ("volumeDevices", Reject("volumeDevices are not supported")),
@@ -400,7 +575,60 @@ impl Walk {
             run_as_group: run_as.group,
             readiness,
             tty,
+            agent,
+            sidecar,
+            pull_policy,
         })
+    }
+
+    /// `env[].valueFrom`: the downward API's `fieldRef` has a value under
+    /// berth; Secrets and ConfigMaps do not exist here.
+    fn value_from(&mut self, node: &Node, path: &str) -> Res<String> {
+        let mut o = self.obj(node, path)?;
+        let value = match self.field(&mut o, "fieldRef") {
+            Some((f, fp)) => {
+                let mut r = self.obj(f, &fp)?;
+                let (v, vp) = self.required(&mut r, "fieldPath")?;
+                let field_path = string(v, &vp)?;
+                self.finish(r, &[("apiVersion", SilentIf(&["v1"], "the downward API is v1"))])?;
+                match self.downward.value(&field_path) {
+                    Ok(value) => Some(value),
+                    Err(why) => return fail(v.mark, format!("{vp}: {why}")),
+                }
+            }
+            None => None,
+        };
+        const NO_OBJECTS: &str = "berth has no Secrets or ConfigMaps; use value, or -e NAME=VALUE on the command line";
+        self.finish(
+            o,
+            &[
+                ("secretKeyRef", Reject(NO_OBJECTS)),
+                ("configMapKeyRef", Reject(NO_OBJECTS)),
+                ("fileKeyRef", Reject("fileKeyRef is not supported; use value")),
+                ("resourceFieldRef", Reject("resourceFieldRef is not supported; use value")),
+            ],
+        )?;
+        match value {
+            Some(v) => Ok(v),
+            None => fail(node.mark, format!("{path} needs fieldRef")),
+        }
+    }
+
+    /// `seccompProfile`: `RuntimeDefault` is what berth applies, so it is
+    /// silent; any other profile is not honoured.
+    fn seccomp_profile(&mut self, sc: &mut Obj<'_>) -> Res<()> {
+        let Some((v, p)) = self.field(sc, "seccompProfile") else { return Ok(()) };
+        let mut o = self.obj(v, &p)?;
+        let kind = match self.field(&mut o, "type") {
+            Some((t, tp)) => string(t, &tp)?,
+            None => String::new(),
+        };
+        self.finish(o, &[("localhostProfile", Silent)])?;
+        if kind != "RuntimeDefault" {
+            let mark = sc.key_mark("seccompProfile").unwrap_or(v.mark);
+            self.warn(mark, &p, format!("ignoring {p}: berth applies its default seccomp profile"));
+        }
+        Ok(())
     }
 
     fn run_as(&mut self, sc: &mut Obj<'_>) -> Res<RunAs> {
@@ -492,6 +720,10 @@ struct RunAs {
     group: Option<u32>,
 }
 
+/// Volumes a cluster fills from its API objects, read-only: outside one
+/// they need `--volume-from`.
+const READ_ONLY_VOLUMES: &[&str] = &["configMap", "downwardAPI", "projected", "secret"];
+
 const UNSUPPORTED_VOLUMES: &[&str] = &[
     "awsElasticBlockStore",
     "azureDisk",
@@ -521,6 +753,13 @@ const UNSUPPORTED_VOLUMES: &[&str] = &[
     "storageos",
     "vsphereVolume",
 ];
+
+/// Whether the container's process is a bare `cat` (or a shell with no
+/// script), which in a Jenkins template only waits on its terminal.
+fn waits_on_stdin(c: &Container) -> bool {
+    let argv: Vec<&str> = c.command.iter().flatten().chain(c.args.iter().flatten()).map(String::as_str).collect();
+    matches!(argv.as_slice(), ["cat"] | ["/bin/cat"] | ["sh"] | ["/bin/sh"] | ["bash"] | ["/bin/bash"])
+}
 
 /// Kubernetes' IANA_SVC_NAME: at most 15 of `a-z0-9-`, at least one
 /// letter, no leading, trailing or double '-'.
