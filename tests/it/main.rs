@@ -13,6 +13,7 @@ mod bundle_runc;
 mod bundle_seccomp;
 mod e2e;
 mod pod_files;
+mod pod_templates;
 mod pull;
 mod pull_concurrency;
 mod pull_faults;

@@ -1,6 +1,8 @@
 //! Starting the pod's containers: every bundle prepared first, then init
 //! containers one after another, sidecars (and their readiness), and the
-//! main container, which runs until the pod ends.
+//! main container, which runs until the pod ends. A sidecar placed before an
+//! init container (Kubernetes' native sidecar) starts in its turn and is
+//! ready before the next container starts.
 
 use std::path::Path;
 use std::time::Instant;
@@ -60,26 +62,33 @@ impl Pod {
             bundles.push(b);
         }
 
+        // The sidecars after the last init container start together, then
+        // are waited for together.
+        let last_init = self.members.iter().rposition(|m| m.role == Role::Init);
+        let mut together = Vec::new();
         for (i, bundle) in bundles.iter().enumerate() {
-            if self.members[i].role != Role::Init {
-                continue;
-            }
-            self.start(i, bundle)?;
-            let name = self.members[i].name.clone();
-            let code = self.wait_for(|p| p.members[i].exit)?;
-            if code != 0 {
-                return Err(PodError::InitFailed { name, code });
+            match self.members[i].role {
+                Role::Init => {
+                    self.start(i, bundle)?;
+                    let name = self.members[i].name.clone();
+                    let code = self.wait_for(|p| p.members[i].exit)?;
+                    if code != 0 {
+                        return Err(PodError::InitFailed { name, code });
+                    }
+                }
+                Role::Sidecar if last_init.is_some_and(|l| i < l) => {
+                    self.start(i, bundle)?;
+                    self.wait_ready(i)?;
+                }
+                Role::Sidecar => {
+                    self.start(i, bundle)?;
+                    together.push(i);
+                }
+                Role::Main => {}
             }
         }
-        for (i, bundle) in bundles.iter().enumerate() {
-            if self.members[i].role == Role::Sidecar {
-                self.start(i, bundle)?;
-            }
-        }
-        for i in 0..self.members.len() {
-            if self.members[i].role == Role::Sidecar {
-                self.wait_ready(i)?;
-            }
+        for i in together {
+            self.wait_ready(i)?;
         }
         let main = self.members.iter().position(|m| m.role == Role::Main).unwrap_or(self.members.len() - 1);
         self.start(main, &bundles[main])?;
