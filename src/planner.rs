@@ -256,6 +256,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
             limits: c.limits.clone(),
             mounts: Vec::new(),
             tty: c.tty,
+            open_stdin: false,
         })
         .collect();
     launch(paths, dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
@@ -404,6 +405,8 @@ fn image_containers(
             limits: c.limits.clone(),
             mounts,
             tty,
+            // A terminal keeps a sidecar's `cat` waiting; an open pipe does too.
+            open_stdin: role != Role::Main && c.tty,
         });
     }
     Ok((containers, image_volumes))

@@ -81,6 +81,11 @@ pub struct PlannedContainer {
     /// the bundle's `process.terminal` is overridden either way).
     #[serde(default)]
     pub tty: bool,
+    /// For a sidecar: stdin is a pipe that stays open, and empty, for the
+    /// pod's life instead of /dev/null. A pod file's `tty: true` on a
+    /// sidecar asks for this: Jenkins templates keep a `cat` waiting on it.
+    #[serde(default)]
+    pub open_stdin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -206,6 +211,7 @@ mod tests {
             limits: Limits::default(),
             mounts: vec![],
             tty: false,
+            open_stdin: false,
         }
     }
 

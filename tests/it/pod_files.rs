@@ -236,16 +236,13 @@ fn unknown_and_ignored_fields_warn_by_path() {
 }
 
 #[test]
-fn tty_outside_main_container_warns() {
-    // A sidecar's tty is a Jenkins habit, harmless (quiet) unless the
-    // process is a bare `cat` that only a terminal keeps waiting.
-    let text = format!("{HEAD}spec:\n  containers:\n  - {{name: a, image: b, tty: true}}\n  - {{name: c, image: b, tty: true, stdin: true, command: [cat]}}\n  - {{name: d, image: b, tty: true, command: [sleep, infinity]}}\n");
+fn tty_outside_main_container_is_quiet() {
+    // A sidecar's tty is a Jenkins habit (a `cat` kept waiting): the
+    // sidecar gets an open stdin instead of a terminal, without a warning.
+    let text = format!("{HEAD}spec:\n  containers:\n  - {{name: a, image: b, tty: true}}\n  - {{name: c, image: b, tty: true, stdin: true, command: [cat]}}\n");
     let (pod, warnings) = parse(&text);
-    assert!(pod.containers[0].tty);
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert_eq!(warnings[0].path, "spec.containers[1].tty");
-    assert_eq!((warnings[0].line, warnings[0].column), (8, 30));
-    assert!(warnings[0].message.contains("`cat` here ends at once"), "{}", warnings[0].message);
+    assert!(pod.containers[0].tty && pod.containers[1].tty);
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]

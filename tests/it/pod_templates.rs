@@ -166,7 +166,7 @@ fn own_templates_are_accepted() {
 
 /// busybox with the applets the templates use, served and pulled.
 fn served() -> Served {
-    let image = Image::new(vec![Layer::new(&busybox_tar_with(&["wget", "httpd"]), Comp::Gzip, false)]);
+    let image = Image::new(vec![Layer::new(&busybox_tar_with(&["wget", "httpd", "ps", "grep"]), Comp::Gzip, false)]);
     Served::start("berth/busybox", &image, true)
 }
 
@@ -190,6 +190,16 @@ fn native_sidecar_is_up_before_the_next_init_container() {
     assert_eq!(run.stdout, format!("served\ntpl-run 127.0.0.1 {host}\nserved\n"), "{run:?}");
     let pods = std::fs::read_dir(s.env.run_root.join("pods")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(pods, 0, "pod state left behind");
+}
+
+#[test]
+fn cat_sidecar_with_tty_keeps_running() {
+    let s = served();
+    let pod = own_template(&s, "cat-sidecars.yaml");
+    // Without an open stdin `cat` ends at once (on /dev/null).
+    let run = s.env.run_as_user(&["run", "--tls-verify=false", "--pod", &pod]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "cat waits\n"), "{run:?}");
+    assert!(!run.stderr.contains("tty"), "no warning about the sidecar's tty: {}", run.stderr);
 }
 
 #[test]

@@ -261,24 +261,16 @@ impl Walk {
                 m.read_only |= self.read_only_volumes.contains(&m.name);
             }
         }
-        // The runtime honours tty for the main container only. Jenkins
-        // templates set it on every container out of habit, harmlessly,
-        // except where the command is a bare `cat` kept alive by the
-        // terminal: that one ends at once on berth's empty stdin.
+        // Only the main container gets a terminal. Jenkins templates set tty
+        // on every container out of habit, to keep a `cat` waiting on it:
+        // the others get a stdin that stays open instead, which does the
+        // same, so this is no news worth a warning.
         for (init, list) in [(true, &pod.init_containers), (false, &pod.containers)] {
             for (i, c) in list.iter().enumerate() {
                 if c.tty && (init || i != main) {
                     let p = format!("{path}.{}[{i}].tty", if init { "initContainers" } else { "containers" });
                     let mark = self.marks.get(&p).copied().unwrap_or_default();
-                    if waits_on_stdin(c) {
-                        self.warn(
-                            mark,
-                            &p,
-                            format!("{p}: only the main container gets a terminal, so `cat` here ends at once; use sleep infinity to keep the container running"),
-                        );
-                    } else {
-                        tracing::debug!("{}:{}: ignoring {p}: only the main container gets a terminal", mark.line, mark.column);
-                    }
+                    tracing::debug!("{}:{}: {p}: no terminal but the main container's; stdin stays open", mark.line, mark.column);
                 }
             }
         }
@@ -753,13 +745,6 @@ const UNSUPPORTED_VOLUMES: &[&str] = &[
     "storageos",
     "vsphereVolume",
 ];
-
-/// Whether the container's process is a bare `cat` (or a shell with no
-/// script), which in a Jenkins template only waits on its terminal.
-fn waits_on_stdin(c: &Container) -> bool {
-    let argv: Vec<&str> = c.command.iter().flatten().chain(c.args.iter().flatten()).map(String::as_str).collect();
-    matches!(argv.as_slice(), ["cat"] | ["/bin/cat"] | ["sh"] | ["/bin/sh"] | ["bash"] | ["/bin/bash"])
-}
 
 /// Kubernetes' IANA_SVC_NAME: at most 15 of `a-z0-9-`, at least one
 /// letter, no leading, trailing or double '-'.

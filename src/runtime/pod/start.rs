@@ -132,9 +132,17 @@ impl Pod {
             None
         } else {
             let echo = !self.plan.quiet_sidecars;
-            let (pump, stdio) = LogPump::new(&name, &self.dir.log_path(&name), echo)
+            let (pump, mut stdio) = LogPump::new(&name, &self.dir.log_path(&name), echo)
                 .map_err(|source| ContainerError::Io { name: name.clone(), source })?;
             self.events.add(Box::new(pump));
+            if self.plan.containers[i].open_stdin {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| ContainerError::Io { name: name.clone(), source: e.into() })?;
+                stdio.stdin = read;
+                // Never written, never closed: the pod process's end keeps
+                // the pipe open until the pod process itself exits.
+                std::mem::forget(write);
+            }
             Some(stdio)
         };
         let console = if self.members[i].role == Role::Main && self.plan.containers[i].tty {
