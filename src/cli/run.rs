@@ -25,6 +25,8 @@ Examples:
   berth run --pod bundles/demo.yaml
       a Kubernetes Pod file: init containers run first, readiness probes gate
       the main container (the first of spec.containers, or --main NAME)
+  berth check KubernetesPod.yaml   (or berth run --pod FILE --dry-run)
+      validate a pod file or Jenkins pod template and print its plan
   berth run --workspace ~/src/app IMAGE -- make
       the host directory is /workspace in every container; files written
       there by container root belong to you
@@ -187,7 +189,15 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         return super::check::print_plan(file, &overrides, &settings);
     }
     let pod = match &a.pod {
-        Some(file) => planner::pod_from_file(file, &overrides)?,
+        Some(file) => {
+            let (pod, warnings) = planner::read_pod_file(file, &overrides)?;
+            // Refused before its warnings: the one line says what to do.
+            planner::refuse_agent(&pod)?;
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            pod
+        }
         None => {
             let shorthand = ShorthandArgs {
                 image: a.image.clone().context("an IMAGE or --pod FILE is needed")?,
@@ -204,7 +214,6 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
             planner::pod_from_image(&shorthand, &overrides)?
         }
     };
-    planner::refuse_agent(&pod)?;
     planner::run_pod(&paths, &pod, &settings)
 }
 

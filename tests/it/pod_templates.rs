@@ -289,7 +289,13 @@ container jnlp: main (the Jenkins agent: berth agent supplies image and command)
     // Invalid: 125, one line, every wrong header field in it.
     let line = env.run_as_user(&["check", bad.to_str().unwrap()]).provision_failure();
     assert!(line.ends_with("bad.yaml:1:13: apiVersion must be v1 for a Pod, not \"v2\"; kind must be Pod (berth runs Pods), not \"Deployment\" (at 2:7)"), "{line}");
-    // `berth run` refuses the agent's template, naming `berth agent`.
+    // `berth run` refuses the agent's template, naming `berth agent`, in
+    // one line even where the file has warnings (a privileged container).
     let line = env.run_as_user(&["run", "--pod", file]).provision_failure();
     assert!(line.contains("container jnlp is the Jenkins agent's (it has no image): run this pod file with `berth agent --pod FILE`"), "{line}");
+    let petclinic = env.path().join("petclinic.yaml");
+    std::fs::copy(Path::new(&corpus_dir()).join("37-petclinic-jenkins-k8s.yaml"), &petclinic).unwrap();
+    env.chown();
+    let line = env.run_as_user(&["run", "--pod", petclinic.to_str().unwrap()]).provision_failure();
+    assert!(line.contains("berth agent --pod FILE"), "{line}");
 }
