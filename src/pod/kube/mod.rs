@@ -22,10 +22,11 @@
 //!
 //! The work is split by job: `walk` reads the YAML tree field by field,
 //! remembering positions and judging fields nobody read; `mapping` maps
-//! the Pod API onto [`Pod`]; `scalar` coerces scalars the way Kubernetes
-//! does; `expand` resolves `$(VAR)` references; `downward` gives
-//! `fieldRef` values; `yaml` builds the tree.
+//! the Pod API onto [`Pod`], `container` its containers; `scalar` coerces
+//! scalars the way Kubernetes does; `expand` resolves `$(VAR)` references;
+//! `downward` gives `fieldRef` values; `yaml` builds the tree.
 
+mod container;
 mod downward;
 mod expand;
 mod mapping;
