@@ -14,7 +14,7 @@ use anyhow::Context as _;
 
 use crate::bundle::{self, ContainerSettings, UserSpec};
 use crate::paths::Paths;
-use crate::pod::{self, Container, Pod, VolumeSource};
+use crate::pod::{self, Container, Pod, PullPolicy, VolumeSource};
 use crate::provision::{Fetch, Provision};
 use crate::runtime::{self, BindMount, ImageVolume, PlannedContainer, PodDir, PodPlan, Role, RootfsSource};
 use crate::store::Image;
@@ -93,14 +93,26 @@ pub struct PodOverrides {
     /// them itself).
     pub env: Vec<String>,
     pub workdir: Option<String>,
+    /// Volumes of a pod file mapped to host paths, `(NAME, PATH)`
+    /// (`--volume-from`): applied while the file is read, so a secret or
+    /// configMap volume mapped here is valid.
+    pub volume_from: Vec<(String, PathBuf)>,
 }
 
-/// Reads and validates a pod file, with the command line's changes.
+/// Reads and validates a pod file, with the command line's changes; its
+/// warnings go to the log.
 pub fn pod_from_file(file: &Path, o: &PodOverrides) -> anyhow::Result<Pod> {
-    let mut pod = pod::kube::from_file(file)?;
-    if let Some(name) = &o.name {
-        pod.name = name.clone();
+    let (pod, warnings) = read_pod_file(file, o)?;
+    for w in &warnings {
+        tracing::warn!("{w}");
     }
+    Ok(pod)
+}
+
+/// [`pod_from_file`] with the warnings returned instead of logged.
+pub fn read_pod_file(file: &Path, o: &PodOverrides) -> anyhow::Result<(Pod, Vec<pod::Warning>)> {
+    let opts = pod::kube::ReadOptions { name: o.name.clone(), volume_from: o.volume_from.clone() };
+    let (mut pod, warnings) = pod::kube::read_file(file, &opts)?;
     if let Some(main) = &o.main {
         pod.select_main(main)?;
     }
@@ -117,7 +129,19 @@ pub fn pod_from_file(file: &Path, o: &PodOverrides) -> anyhow::Result<Pod> {
             main.working_dir = Some(w.clone());
         }
     }
-    finish(pod, o)
+    Ok((finish(pod, o)?, warnings))
+}
+
+/// Refuses a pod with the Jenkins agent container (a template's `jnlp`
+/// without an image): only `berth agent` knows what runs there.
+pub fn refuse_agent(pod: &Pod) -> anyhow::Result<()> {
+    match pod.containers.iter().find(|c| c.agent) {
+        Some(c) => anyhow::bail!(
+            "container {} is the Jenkins agent's (it has no image): run this pod file with `berth agent --pod FILE`",
+            c.name
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Builds and validates the pod of `berth run IMAGE`.
@@ -204,14 +228,27 @@ pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> 
         VolumeSource::Image { reference } => Some(reference.clone()),
         _ => None,
     });
-    let mut refs: Vec<String> =
-        pod.init_containers.iter().chain(&pod.containers).map(|c| c.image.clone()).chain(volume_images).collect();
-    refs.sort();
-    refs.dedup();
+    let mut wanted: Vec<(String, PullPolicy)> = pod
+        .init_containers
+        .iter()
+        .chain(&pod.containers)
+        .map(|c| (c.image.clone(), c.pull_policy))
+        .chain(volume_images.map(|r| (r, PullPolicy::default())))
+        .collect();
+    wanted.sort_by(|a, b| a.0.cmp(&b.0));
+    // One image used twice is pulled once, by the stronger policy.
+    wanted.dedup_by(|later, kept| {
+        let same = later.0 == kept.0;
+        if same {
+            kept.1 = kept.1.merge(later.1);
+        }
+        same
+    });
+    let refs: Vec<String> = wanted.iter().map(|(r, _)| r.clone()).collect();
     // gc waits until the layers are unpacked and leased: it cannot take
     // the blobs they are unpacked from.
     let provisioning = prov.store.lock_shared()?;
-    let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images(&refs, &s.fetch)?).collect();
+    let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images_by_policy(&wanted, &s.fetch)?).collect();
     let mut layers: HashMap<String, Vec<PathBuf>> = HashMap::new();
     // Held until the pod has ended: `gc` passes these layers by.
     let mut lease = LayerLease::none();
@@ -296,6 +333,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
             limits: c.limits.clone(),
             mounts: Vec::new(),
             tty: c.tty,
+            open_stdin: false,
         })
         .collect();
     launch(dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
@@ -411,14 +449,8 @@ fn image_containers(
     }
 
     let single_id = !mapping.is_full();
-    let roles = pod
-        .init_containers
-        .iter()
-        .map(|c| (c, Role::Init))
-        .chain(pod.containers.iter().enumerate().filter(|(i, _)| *i != pod.main).map(|(_, c)| (c, Role::Sidecar)))
-        .chain(std::iter::once((&pod.containers[pod.main], Role::Main)));
     let mut containers = Vec::new();
-    for (c, role) in roles {
+    for (c, role) in roles(pod) {
         let image = &images[&c.image];
         let lowers = &layers[&c.image];
         let spec_dir = dir.dir.join("specs").join(&c.name);
@@ -435,10 +467,7 @@ fn image_containers(
         // A volume mounted where the workspace goes *is* the workspace (so a
         // pod file that also runs on Kubernetes can declare it): berth's
         // workspace bind takes its place.
-        let mounts = c
-            .volume_mounts
-            .iter()
-            .filter(|m| m.mount_path.trim_end_matches('/') != s.workspace_path.trim_end_matches('/'))
+        let mounts = volume_mounts(c, &s.workspace_path)
             .map(|m| BindMount {
                 source: volumes[m.name.as_str()].clone(),
                 destination: m.mount_path.clone(),
@@ -456,9 +485,106 @@ fn image_containers(
             limits: c.limits.clone(),
             mounts,
             tty,
+            // A terminal keeps a sidecar's `cat` waiting; an open pipe does too.
+            open_stdin: role != Role::Main && c.tty,
         });
     }
     Ok((containers, image_volumes))
+}
+
+/// The pod's containers in the plan's order, with their roles: init
+/// containers in turn (a native sidecar among them as a sidecar started in
+/// its place), the other sidecars, then the main container.
+pub fn roles(pod: &Pod) -> Vec<(&Container, Role)> {
+    pod.init_containers
+        .iter()
+        .map(|c| (c, if c.sidecar { Role::Sidecar } else { Role::Init }))
+        .chain(pod.containers.iter().enumerate().filter(|(i, _)| *i != pod.main).map(|(_, c)| (c, Role::Sidecar)))
+        .chain(pod.containers.get(pod.main).map(|c| (c, Role::Main)))
+        .collect()
+}
+
+/// A container's volume mounts besides the workspace. A volume mounted
+/// where the workspace goes *is* the workspace (so a pod file that also
+/// runs on Kubernetes can declare it): berth's workspace bind takes its place.
+fn volume_mounts<'c>(c: &'c Container, workspace_path: &'c str) -> impl Iterator<Item = &'c pod::VolumeMount> {
+    c.volume_mounts.iter().filter(move |m| m.mount_path.trim_end_matches('/') != workspace_path.trim_end_matches('/'))
+}
+
+/// What a pod would run, made without images or any change on disk: what
+/// `berth check` and `berth run --dry-run` print.
+#[derive(Debug, Clone)]
+pub struct PlanDescription {
+    pub name: String,
+    pub network: pod::Network,
+    pub workspace: String,
+    pub grace: Duration,
+    /// In start order.
+    pub containers: Vec<DescribedContainer>,
+    pub volumes: Vec<(String, String)>,
+    pub warnings: Vec<pod::Warning>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DescribedContainer {
+    pub name: String,
+    pub role: Role,
+    /// The Jenkins agent's container: its image comes from `berth agent`.
+    pub agent: bool,
+    /// A native sidecar (an init container that keeps running).
+    pub native_sidecar: bool,
+    pub image: String,
+    pub pull_policy: PullPolicy,
+    pub command: Option<Vec<String>>,
+    pub args: Option<Vec<String>>,
+    /// As the container gets it (`fieldRef`s and `$(VAR)`s resolved).
+    pub env: Vec<(String, String)>,
+    /// (where in the container, volume name, read-only)
+    pub mounts: Vec<(String, String, bool)>,
+    pub readiness: Option<pod::ProbeAction>,
+    pub tty: bool,
+}
+
+/// Describes the plan of a valid `pod` under settings `s`.
+pub fn describe(pod: &Pod, s: &RunSettings, warnings: Vec<pod::Warning>) -> PlanDescription {
+    let containers = roles(pod)
+        .into_iter()
+        .map(|(c, role)| DescribedContainer {
+            name: c.name.clone(),
+            role,
+            agent: c.agent,
+            native_sidecar: c.sidecar,
+            image: c.image.clone(),
+            pull_policy: c.pull_policy,
+            command: c.command.clone(),
+            args: c.args.clone(),
+            env: c.env.clone(),
+            mounts: volume_mounts(c, &s.workspace_path).map(|m| (m.mount_path.clone(), m.name.clone(), m.read_only)).collect(),
+            readiness: c.readiness.as_ref().map(|p| p.action.clone()),
+            tty: role == Role::Main && c.tty,
+        })
+        .collect();
+    let volumes = pod
+        .volumes
+        .iter()
+        .map(|v| {
+            let what = match &v.source {
+                VolumeSource::EmptyDir => "emptyDir".to_string(),
+                VolumeSource::HostPath(p) => format!("hostPath {}", p.display()),
+                VolumeSource::Image { reference } => format!("image {reference}"),
+            };
+            (v.name.clone(), what)
+        })
+        .collect();
+    PlanDescription {
+        name: pod.name.clone(),
+        network: pod.network,
+        workspace: s.workspace_path.clone(),
+        grace: s.grace.or(pod.grace_seconds.map(Duration::from_secs)).unwrap_or(DEFAULT_GRACE),
+        containers,
+        volumes,
+        warnings,
+    }
 }
 
 /// How the cached layers `lowers` (bottom first) become a tree: an overlay

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Registries;
+use crate::pod::PullPolicy;
 use crate::paths::Paths;
 use crate::reexec::Entry;
 use crate::image::digest::Digest;
@@ -60,13 +61,26 @@ impl Provision {
     /// runtime for all, dropped before returning: the caller may go on to
     /// create namespaces, which needs a single-threaded process).
     pub fn images(&self, refs: &[String], fetch: &Fetch) -> anyhow::Result<Vec<Image>> {
+        let wanted: Vec<(String, PullPolicy)> = refs.iter().map(|r| (r.clone(), PullPolicy::default())).collect();
+        self.images_by_policy(&wanted, fetch)
+    }
+
+    /// [`Provision::images`], each pulled as its policy says: `Always` even
+    /// when stored, `IfNotPresent` when missing, `Never` not at all (a
+    /// missing image is then an error that says so).
+    pub fn images_by_policy(&self, wanted: &[(String, PullPolicy)], fetch: &Fetch) -> anyhow::Result<Vec<Image>> {
         let registries = Registries::load()?;
-        let mut out = Vec::with_capacity(refs.len());
+        let refs: Vec<&String> = wanted.iter().map(|(r, _)| r).collect();
+        let mut out = Vec::with_capacity(wanted.len());
         let mut missing = Vec::new();
         let platform = fetch.platform.as_deref().map(Platform::parse).transpose()?;
-        for (i, r) in refs.iter().enumerate() {
+        for (i, (r, policy)) in wanted.iter().enumerate() {
             let parsed = reference::parse(r)?;
-            match self.stored(&parsed, &registries)? {
+            let stored = match policy {
+                PullPolicy::Always => None,
+                _ => self.stored(&parsed, &registries)?,
+            };
+            match stored {
                 Some(image) => {
                     // A stored image is used only for the platform asked for.
                     if let Some(want) = &platform {
@@ -75,6 +89,10 @@ impl Provision {
                         pull::check_platform(r, want, os_arch.trim_matches('/'), parts.next()).with_context(|| format!("{r} (stored)"))?;
                     }
                     out.push(Some(image))
+                }
+                // A layout or archive on disk is imported, not pulled.
+                None if *policy == PullPolicy::Never && matches!(parsed, ImageRef::Registry(_)) => {
+                    anyhow::bail!("image {r} is not in the store and its imagePullPolicy is Never: berth pull {r} first")
                 }
                 None => {
                     out.push(None);

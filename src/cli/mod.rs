@@ -17,6 +17,7 @@ use berth::paths::Paths;
 use berth::reexec::Entry;
 
 mod bundle;
+mod check;
 mod images;
 mod pods;
 mod pull;
@@ -85,6 +86,9 @@ pub enum Command {
     Bundle(bundle::BundleArgs),
     /// Run a pod: from a Kubernetes Pod file (--pod) or an image and sidecars.
     Run(Box<run::RunArgs>),
+    /// Check a pod file: validate it and print the plan on stdout (pulls and
+    /// runs nothing). Exit 0 when valid, 125 with the reason when not.
+    Check(check::CheckArgs),
     /// List running pods.
     Ps(pods::PsArgs),
     /// Run a command in a running container of a pod.
@@ -146,6 +150,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Gc(a) => images::gc(g, a),
         Command::Bundle(a) => bundle::run(g, a),
         Command::Run(a) => run::run(g, *a),
+        Command::Check(a) => check::run(g, a),
         Command::Ps(a) => pods::ps(g, a),
         Command::Exec(a) => pods::exec(g, a),
         Command::Logs(a) => pods::logs(g, a),

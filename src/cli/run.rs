@@ -25,6 +25,8 @@ Examples:
   berth run --pod bundles/demo.yaml
       a Kubernetes Pod file: init containers run first, readiness probes gate
       the main container (the first of spec.containers, or --main NAME)
+  berth check KubernetesPod.yaml   (or berth run --pod FILE --dry-run)
+      validate a pod file or Jenkins pod template and print its plan
   berth run --workspace ~/src/app IMAGE -- make
       the host directory is /workspace in every container; files written
       there by container root belong to you
@@ -39,9 +41,19 @@ pub struct RunArgs {
     /// Kubernetes Pod manifest (v1, kind Pod) to run.
     #[arg(long, value_name = "FILE", conflicts_with = "image")]
     pub pod: Option<PathBuf>,
-    /// Pod name [default: from the pod file, or generated].
+    /// Pod name [default: from the pod file, else the file's name with a
+    /// random suffix, or generated].
     #[arg(long)]
     pub name: Option<String>,
+    /// Give a pod file's volume NAME this host file or directory instead of
+    /// its own source: how a secret or configMap volume (mounted read-only,
+    /// as on a cluster) gets its content (repeatable).
+    #[arg(long, value_name = "NAME=PATH", value_parser = parse_volume_from, requires = "pod")]
+    pub volume_from: Vec<(String, PathBuf)>,
+    /// Validate the pod file and print the plan on stdout (containers,
+    /// images, roles, mounts, network, warnings); pull and run nothing.
+    #[arg(long, requires = "pod")]
+    pub dry_run: bool,
     /// Which container is the main one [default: the first].
     #[arg(long, value_name = "NAME")]
     pub main: Option<String>,
@@ -125,6 +137,14 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
+pub(super) fn parse_volume_from(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && path.starts_with('/') => Ok((name.to_string(), PathBuf::from(path))),
+        Some((name, _)) if !name.is_empty() => Err("the host path must be absolute".into()),
+        _ => Err("expected NAME=PATH".into()),
+    }
+}
+
 fn parse_memory(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::bytes(s) {
         Ok(0) => Err("must be more than 0".into()),
@@ -165,9 +185,21 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         cpu_millis: a.cpus,
         env: a.env.clone(),
         workdir: a.workdir.clone(),
+        volume_from: a.volume_from.clone(),
     };
+    if let (Some(file), true) = (&a.pod, a.dry_run) {
+        return super::check::print_plan(file, &overrides, &settings);
+    }
     let pod = match &a.pod {
-        Some(file) => planner::pod_from_file(file, &overrides)?,
+        Some(file) => {
+            let (pod, warnings) = planner::read_pod_file(file, &overrides)?;
+            // Refused before its warnings: the one line says what to do.
+            planner::refuse_agent(&pod)?;
+            for w in &warnings {
+                tracing::warn!("{w}");
+            }
+            pod
+        }
         None => {
             let shorthand = ShorthandArgs {
                 image: a.image.clone().context("an IMAGE or --pod FILE is needed")?,

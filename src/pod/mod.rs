@@ -25,7 +25,8 @@ pub use quantity::QuantityError;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pod {
     pub name: String,
-    /// Run in order, each to completion, before `containers` start.
+    /// Run in order, each to completion, before `containers` start; those
+    /// marked [`Container::sidecar`] are started instead and keep running.
     pub init_containers: Vec<Container>,
     /// Long-running containers; `containers[main]` is the main one.
     pub containers: Vec<Container>,
@@ -71,6 +72,54 @@ pub struct Container {
     pub readiness: Option<Probe>,
     /// A pseudo-terminal; the runtime honours it for the main container only.
     pub tty: bool,
+    /// The Jenkins agent container: a pod template's `jnlp` container with
+    /// no image, whose image and command `berth agent` supplies. `image` is
+    /// empty; `berth run` refuses such a pod.
+    pub agent: bool,
+    /// An init container that keeps running (Kubernetes' native sidecar,
+    /// `restartPolicy: Always`): started in its turn, ready before the next
+    /// container starts, stopped with the sidecars.
+    pub sidecar: bool,
+    /// When the image is pulled (`imagePullPolicy`).
+    pub pull_policy: PullPolicy,
+}
+
+/// When a container's image is pulled. berth's default is podman's
+/// `missing`, not Kubernetes' `Always` for `:latest`: a build host keeps
+/// its images, and a pod should not depend on a registry it already pulled
+/// from (rate limits, outages) unless the file asks for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum PullPolicy {
+    /// Pull even when the store has the image (`Always`).
+    Always,
+    /// Pull only when the store lacks it (`IfNotPresent`, the default).
+    #[default]
+    IfNotPresent,
+    /// Never pull: an image missing from the store is an error.
+    Never,
+}
+
+impl PullPolicy {
+    /// The stronger of two policies for one image used twice: `Always`
+    /// wins, `Never` only when both say so.
+    pub fn merge(self, other: PullPolicy) -> PullPolicy {
+        use PullPolicy::*;
+        match (self, other) {
+            (Always, _) | (_, Always) => Always,
+            (Never, Never) => Never,
+            _ => IfNotPresent,
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Always => "Always",
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Never => "Never",
+        })
+    }
 }
 
 /// A container's resource limits (the pod plan carries them as they are).
@@ -183,7 +232,7 @@ pub fn is_dns_label(s: &str) -> bool {
         && b.iter().all(|c| inner(c) || *c == b'-')
 }
 
-const LABEL_RULE: &str =
+pub(crate) const LABEL_RULE: &str =
     "a name is a DNS-1123 label: at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit";
 
 impl Pod {
@@ -269,11 +318,20 @@ impl Pod {
 fn validate_container(c: &Container, init: bool, path: &str, volumes: &HashSet<&str>) -> Result<(), InvalidPod> {
     let err = |field: &str, message: String| Err(InvalidPod::new(format!("{path}.{field}"), message));
     let name = &c.name;
-    if c.image.trim().is_empty() {
+    if c.agent {
+        if init {
+            return err("name", format!("init container {name:?} cannot be the Jenkins agent container"));
+        }
+        if !c.image.is_empty() {
+            return err("image", format!("the agent container {name:?} takes its image from berth agent, not the file"));
+        }
+    } else if c.image.trim().is_empty() {
         return err("image", format!("container {name:?} needs an image"));
-    }
-    if c.image.trim() != c.image || c.image.contains(|ch: char| ch.is_control()) {
+    } else if c.image.trim() != c.image || c.image.contains(|ch: char| ch.is_control()) {
         return err("image", format!("container {name:?}: image {:?} has whitespace or control characters", c.image));
+    }
+    if c.sidecar && !init {
+        return err("restartPolicy", format!("container {name:?}: only init containers can be native sidecars"));
     }
     for (field, list) in [("command", &c.command), ("args", &c.args)] {
         if let Some(j) = list.iter().flatten().position(|a| a.contains('\0')) {
@@ -332,7 +390,7 @@ fn validate_container(c: &Container, init: bool, path: &str, volumes: &HashSet<&
         return err("resources.limits", format!("container {name:?}: a pids limit must be more than 0"));
     }
     if let Some(p) = &c.readiness {
-        if init {
+        if init && !c.sidecar {
             return err("readinessProbe", format!("init container {name:?} cannot have a readinessProbe"));
         }
         match &p.action {
@@ -484,6 +542,15 @@ mod tests {
                 }),
                 "spec.containers[1].readinessProbe.exec.command",
             ),
+            (
+                Box::new(|p| {
+                    p.init_containers[0].agent = true;
+                    p.init_containers[0].image.clear();
+                }),
+                "spec.initContainers[0].name",
+            ),
+            (Box::new(|p| p.containers[0].agent = true), "spec.containers[0].image"),
+            (Box::new(|p| p.containers[1].sidecar = true), "spec.containers[1].restartPolicy"),
         ];
         for (i, (break_it, path)) in cases.into_iter().enumerate() {
             let mut p = pod();
@@ -491,6 +558,22 @@ mod tests {
             let e = p.validate().expect_err(&format!("case {i} validates"));
             assert_eq!(e.path, path, "case {i}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn agent_and_native_sidecars_validate() {
+        let mut p = pod();
+        p.containers[0].agent = true;
+        p.containers[0].image.clear();
+        p.init_containers[0].sidecar = true;
+        p.init_containers[0].readiness = Some(Probe {
+            action: ProbeAction::Tcp(80),
+            initial_delay: Duration::ZERO,
+            period: Duration::from_secs(1),
+            timeout: Duration::from_secs(1),
+            failure_threshold: 3,
+        });
+        p.validate().unwrap();
     }
 
     #[test]

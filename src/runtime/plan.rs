@@ -18,8 +18,10 @@ pub struct PodPlan {
     /// Pod name: the hostname, a name in every container's /etc/hosts, and
     /// the state directory's name. A DNS label.
     pub name: String,
-    /// Init containers first (run in order), then sidecars, then exactly one
-    /// main container; [`PodPlan::validate`] checks this.
+    /// In start order: init containers (run in order), sidecars, and
+    /// exactly one main container, after every init container. A sidecar
+    /// before an init container (Kubernetes' native sidecar) starts, and is
+    /// ready, before that one runs. [`PodPlan::validate`] checks this.
     pub containers: Vec<PlannedContainer>,
     /// Host directory bind-mounted read-write into every container.
     pub workspace: PathBuf,
@@ -79,12 +81,18 @@ pub struct PlannedContainer {
     /// the bundle's `process.terminal` is overridden either way).
     #[serde(default)]
     pub tty: bool,
+    /// For a sidecar: stdin is a pipe that stays open, and empty, for the
+    /// pod's life instead of /dev/null. A pod file's `tty: true` on a
+    /// sidecar asks for this: Jenkins templates keep a `cat` waiting on it.
+    #[serde(default)]
+    pub open_stdin: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Runs to completion before sidecars and main start; non-zero fails the pod.
+    /// Runs to completion before the containers after it start; non-zero
+    /// fails the pod.
     Init,
     /// Runs alongside main; stdin /dev/null, output to its log.
     Sidecar,
@@ -133,7 +141,7 @@ pub enum PlanError {
     Duplicate(String),
     #[error("a pod needs exactly one main container, found {0}")]
     Main(usize),
-    #[error("init containers must come before the others ({0:?} does not)")]
+    #[error("init containers must come before the main container ({0:?} does not)")]
     Order(String),
     #[error("workspace path {0:?} must be absolute")]
     WorkspacePath(String),
@@ -143,14 +151,15 @@ pub enum PlanError {
 
 impl PodPlan {
     /// Checks what the pod process relies on: DNS-label names, unique
-    /// container names, init containers first, exactly one main container.
+    /// container names, no init container after the main one, exactly one
+    /// main container.
     pub fn validate(&self) -> Result<(), PlanError> {
         check_label(&self.name)?;
         if !self.workspace_path.starts_with('/') {
             return Err(PlanError::WorkspacePath(self.workspace_path.clone()));
         }
         let mut seen = std::collections::HashSet::new();
-        let mut past_init = false;
+        let mut past_main = false;
         for c in &self.containers {
             check_label(&c.name)?;
             if !seen.insert(c.name.as_str()) {
@@ -160,9 +169,9 @@ impl PodPlan {
                 return Err(PlanError::Tty(c.name.clone()));
             }
             match c.role {
-                Role::Init if past_init => return Err(PlanError::Order(c.name.clone())),
-                Role::Init => {}
-                _ => past_init = true,
+                Role::Init if past_main => return Err(PlanError::Order(c.name.clone())),
+                Role::Main => past_main = true,
+                _ => {}
             }
         }
         let mains = self.containers.iter().filter(|c| c.role == Role::Main).count();
@@ -202,6 +211,7 @@ mod tests {
             limits: Limits::default(),
             mounts: vec![],
             tty: false,
+            open_stdin: false,
         }
     }
 
@@ -227,6 +237,9 @@ mod tests {
         assert_eq!(plan(vec![c("a", Role::Sidecar)]).validate(), Err(PlanError::Main(0)));
         assert_eq!(plan(vec![c("a", Role::Main), c("b", Role::Main)]).validate(), Err(PlanError::Main(2)));
         assert_eq!(plan(vec![c("m", Role::Main), c("i", Role::Init)]).validate(), Err(PlanError::Order("i".into())));
+        // A native sidecar: started between two init containers.
+        let native = vec![c("a", Role::Init), c("db", Role::Sidecar), c("b", Role::Init), c("web", Role::Sidecar), c("m", Role::Main)];
+        assert_eq!(plan(native).validate(), Ok(()));
         assert_eq!(plan(vec![c("m", Role::Main), c("m", Role::Sidecar)]).validate(), Err(PlanError::Duplicate("m".into())));
         for bad in ["", "A", "-a", "a-", "a_b", "../x", &"a".repeat(64)] {
             assert_eq!(plan(vec![c(bad, Role::Main)]).validate(), Err(PlanError::BadName(bad.into())));

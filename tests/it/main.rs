@@ -15,6 +15,7 @@ mod e2e;
 mod nothing_lost;
 mod error_lines;
 mod pod_files;
+mod pod_templates;
 mod pull;
 mod pull_concurrency;
 mod pull_faults;

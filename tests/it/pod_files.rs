@@ -113,7 +113,13 @@ fn invalid_files_point_at_the_node() {
         ("- a\n".into(), 1, 1, "the file must be a mapping, not a list"),
         ("apiVersion: apps/v1\nkind: Pod\n".into(), 1, 13, "apiVersion must be v1"),
         ("apiVersion: v1\nkind: Deployment\n".into(), 2, 7, "kind must be Pod"),
-        ("apiVersion: v1\nkind: Pod\nspec: {}\n".into(), 1, 1, "metadata is required"),
+        ("apiVersion: v1\nkind: Pod\nmetadata: []\n".into(), 3, 11, "metadata must be a mapping"),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: A_b\nspec: {}\n".into(),
+            1, 13,
+            "apiVersion must be v1 for a Pod, not \"apps/v1\"; kind must be Pod (berth runs Pods), not \"Deployment\" (at 2:7); metadata.name: invalid pod name \"A_b\"",
+        ),
+        ("kind: Pod\n".into(), 1, 1, "spec is required"),
         (format!("{HEAD}spec:\n  volumes: []\n"), 6, 3, "spec.containers is required"),
         (format!("{HEAD}spec:\n  containers: []\n"), 6, 15, "at least one container"),
         // Types.
@@ -126,7 +132,10 @@ fn invalid_files_point_at_the_node() {
         (c("    env:\n    - name: A\n      value: 1\n"), 11, 14, "env[0].value must be a string"),
         (c("    securityContext:\n      runAsUser: -1\n"), 10, 18, "between 0 and 2147483647"),
         // Semantics, found while reading.
-        (c("    env:\n    - name: A\n      valueFrom: {secretKeyRef: {name: s, key: k}}\n"), 11, 7, "valueFrom is not supported"),
+        (c("    env:\n    - name: A\n      valueFrom: {secretKeyRef: {name: s, key: k}}\n"), 11, 19, "berth has no Secrets or ConfigMaps"),
+        (c("    env:\n    - name: A\n      valueFrom: {fieldRef: {fieldPath: status.phase}}\n"), 11, 41, "has no value under berth"),
+        (c("    env:\n    - name: A\n      value: a\n      valueFrom: {fieldRef: {fieldPath: metadata.name}}\n"), 12, 18, "value or valueFrom, not both"),
+        (c("    imagePullPolicy: Sometimes\n"), 9, 22, "must be Always, IfNotPresent or Never"),
         (c("    envFrom: []\n"), 9, 5, "envFrom is not supported"),
         (c("    resources:\n      limits:\n        memory: 256MB\n"), 11, 17, "invalid quantity \"256MB\""),
         (c("    resources:\n      limits:\n        cpu: -1\n"), 11, 14, "must not be negative"),
@@ -144,12 +153,12 @@ fn invalid_files_point_at_the_node() {
             10, 7, "init containers cannot have a readinessProbe",
         ),
         (
-            format!("{HEAD}spec:\n  initContainers:\n  - name: i\n    image: busybox\n    restartPolicy: Always\n  containers:\n  - name: m\n    image: b\n"),
-            9, 5, "Kubernetes sidecars",
+            format!("{HEAD}spec:\n  initContainers:\n  - name: i\n    image: busybox\n    restartPolicy: OnFailure\n  containers:\n  - name: m\n    image: b\n"),
+            9, 20, "an init container's restartPolicy can only be Always",
         ),
         (
             format!("{}  volumes:\n  - name: cfg\n    configMap: {{name: x}}\n", c("")),
-            11, 5, "configMap volumes are not supported",
+            11, 5, "a configMap volume has no content outside a cluster; map it to a host file or directory with --volume-from cfg=PATH",
         ),
         (
             format!("{}  volumes:\n  - name: v\n    emptyDir: {{}}\n    hostPath: {{path: /x}}\n", c("")),
@@ -227,13 +236,13 @@ fn unknown_and_ignored_fields_warn_by_path() {
 }
 
 #[test]
-fn tty_outside_main_container_warns() {
-    let text = format!("{HEAD}spec:\n  containers:\n  - {{name: a, image: b, tty: true}}\n  - {{name: c, image: b, tty: true, stdin: true}}\n");
+fn tty_outside_main_container_is_quiet() {
+    // A sidecar's tty is a Jenkins habit (a `cat` kept waiting): the
+    // sidecar gets an open stdin instead of a terminal, without a warning.
+    let text = format!("{HEAD}spec:\n  containers:\n  - {{name: a, image: b, tty: true}}\n  - {{name: c, image: b, tty: true, stdin: true, command: [cat]}}\n");
     let (pod, warnings) = parse(&text);
-    assert!(pod.containers[0].tty);
-    assert_eq!(warnings.len(), 1, "{warnings:?}");
-    assert_eq!(warnings[0].path, "spec.containers[1].tty");
-    assert_eq!((warnings[0].line, warnings[0].column), (8, 30));
+    assert!(pod.containers[0].tty && pod.containers[1].tty);
+    assert!(warnings.is_empty(), "{warnings:?}");
 }
 
 #[test]
@@ -501,4 +510,170 @@ fn hostile_shapes_are_clean_errors() {
             other => panic!("{:?}: {other:?}", &text[..text.len().min(60)]),
         }
     }
+}
+
+fn parse_with(text: &str, file: &str, opts: &kube::ReadOptions) -> (Pod, Vec<Warning>) {
+    kube::from_str_with(text, file, opts).unwrap_or_else(|e| panic!("{e}\n--- in ---\n{text}"))
+}
+
+#[test]
+fn plugin_templates_need_no_header() {
+    // What the Kubernetes plugin fills in: apiVersion, kind, metadata.
+    let text = "spec:\n  containers:\n  - {name: maven, image: maven:3}\n";
+    let (pod, warnings) = parse_with(text, "ci/KubernetesPod.yaml", &kube::ReadOptions::default());
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert!(pod.name.starts_with("kubernetespod-") && pod.name.len() == "kubernetespod-".len() + 5, "{}", pod.name);
+    let (other, _) = parse_with(text, "ci/KubernetesPod.yaml", &kube::ReadOptions::default());
+    assert_ne!(pod.name, other.name, "two builds from one template get two names");
+    // `--name` wins over the file's name, and even over an invalid one.
+    let opts = kube::ReadOptions { name: Some("build-7".into()), ..Default::default() };
+    let text = "metadata: {name: Not_Valid, labels: {app: ci}}\nspec:\n  containers:\n  - name: m\n    image: b\n    env:\n    - {name: NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}\n";
+    let (pod, _) = parse_with(text, "x.yaml", &opts);
+    assert_eq!(pod.name, "build-7");
+    assert_eq!(pod.containers[0].env, [("NAME".to_string(), "build-7".to_string())], "fieldRef sees the final name");
+}
+
+#[test]
+fn field_refs_have_the_values_of_a_pod_under_berth() {
+    let text = format!(
+        "{HEAD}  namespace: ci\n  labels: {{app: web, num: 1}}\n  annotations: {{who: me}}\nspec:\n  serviceAccountName: builder\n  containers:\n  - name: m\n    image: b\n    env:\n{}    - {{name: ECHO, value: \"$(POD)/$(NODE)\"}}\n    args: [\"$(IP)\"]\n",
+        [
+            ("POD", "metadata.name"),
+            ("NS", "metadata.namespace"),
+            ("UID", "metadata.uid"),
+            ("APP", "metadata.labels['app']"),
+            ("NUM", "metadata.labels['num']"),
+            ("WHO", "metadata.annotations['who']"),
+            ("NODE", "spec.nodeName"),
+            ("SA", "spec.serviceAccountName"),
+            ("IP", "status.podIP"),
+            ("HOST_IP", "status.hostIP"),
+        ]
+        .iter()
+        .map(|(k, f)| format!("    - name: {k}\n      valueFrom:\n        fieldRef: {{apiVersion: v1, fieldPath: \"{f}\"}}\n"))
+        .collect::<String>()
+    );
+    let (pod, warnings) = parse(&text);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let env: std::collections::HashMap<_, _> = pod.containers[0].env.iter().cloned().collect();
+    let host = nix::unistd::gethostname().unwrap().into_string().unwrap();
+    assert_eq!(env["POD"], "p");
+    assert_eq!(env["NS"], "ci");
+    assert_eq!(env["UID"].len(), 36);
+    assert_eq!(env["APP"], "web");
+    assert_eq!(env["NUM"], "", "a label that is no string is left out");
+    assert_eq!(env["WHO"], "me");
+    assert_eq!(env["NODE"], host);
+    assert_eq!(env["SA"], "builder");
+    assert_eq!(env["IP"], "127.0.0.1");
+    assert_eq!(env["HOST_IP"], "127.0.0.1");
+    assert_eq!(env["ECHO"], format!("p/{host}"), "$(VAR) sees fieldRef values");
+    assert_eq!(pod.containers[0].args, Some(vec!["127.0.0.1".to_string()]));
+    // Without a namespace or service account, Kubernetes' defaults.
+    let (pod, _) = parse(&with_container_fields(
+        "    env:\n    - {name: NS, valueFrom: {fieldRef: {fieldPath: metadata.namespace}}}\n    - {name: SA, valueFrom: {fieldRef: {fieldPath: spec.serviceAccountName}}}\n",
+    ));
+    assert_eq!(pod.containers[0].env, [("NS".into(), "default".into()), ("SA".into(), "default".into())]);
+}
+
+#[test]
+fn jnlp_without_image_is_the_agent_container() {
+    let text = "spec:\n  containers:\n  - name: maven\n    image: maven:3\n    command: [sleep]\n    args: [infinity]\n  - name: jnlp\n    env: [{name: A, value: b}]\n";
+    let (pod, warnings) = parse(text);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    let agent = &pod.containers[1];
+    assert!(agent.agent && agent.image.is_empty());
+    assert_eq!(pod.main, 1, "the agent is the main container: its stdio is the channel");
+    pod.validate().unwrap();
+    let e = berth::planner::refuse_agent(&pod).unwrap_err().to_string();
+    assert_eq!(e, "container jnlp is the Jenkins agent's (it has no image): run this pod file with `berth agent --pod FILE`");
+    // With an image it is an ordinary container; elsewhere no image is an error.
+    let (pod, _) = parse("spec:\n  containers:\n  - {name: jnlp, image: jenkins/inbound-agent}\n");
+    assert!(!pod.containers[0].agent);
+    berth::planner::refuse_agent(&pod).unwrap();
+    let (line, column, message) = error("spec:\n  containers:\n  - {name: m, image: b}\n  initContainers:\n  - {name: jnlp}\n");
+    assert_eq!((line, column, message.as_str()), (5, 5, "spec.initContainers[0].image is required"));
+}
+
+#[test]
+fn native_sidecars_are_init_containers_that_keep_running() {
+    let text = format!(
+        "{HEAD}spec:\n  initContainers:\n  - {{name: first, image: b}}\n  - name: db\n    image: b\n    restartPolicy: Always\n    startupProbe: {{tcpSocket: {{port: 5432}}, periodSeconds: 1}}\n  - name: web\n    image: b\n    restartPolicy: Always\n    readinessProbe: {{tcpSocket: {{port: 80}}}}\n  - {{name: migrate, image: b}}\n  containers:\n  - {{name: m, image: b, startupProbe: {{tcpSocket: {{port: 1}}}}}}\n"
+    );
+    let (pod, warnings) = parse(&text);
+    let flags: Vec<(&str, bool)> = pod.init_containers.iter().map(|c| (c.name.as_str(), c.sidecar)).collect();
+    assert_eq!(flags, [("first", false), ("db", true), ("web", true), ("migrate", false)]);
+    assert_eq!(pod.init_containers[1].readiness.as_ref().map(|p| &p.action), Some(&ProbeAction::Tcp(5432)), "startupProbe gates");
+    assert_eq!(pod.init_containers[2].readiness.as_ref().map(|p| &p.action), Some(&ProbeAction::Tcp(80)));
+    let got: Vec<&str> = warnings.iter().map(|w| w.message.as_str()).collect();
+    assert_eq!(got, ["ignoring spec.containers[0].startupProbe: not supported; use readinessProbe"]);
+    // The plan's order: each in its turn, the native sidecars as sidecars.
+    let roles: Vec<(String, berth::runtime::Role)> =
+        berth::planner::roles(&pod).into_iter().map(|(c, r)| (c.name.clone(), r)).collect();
+    use berth::runtime::Role::*;
+    let want = [("first", Init), ("db", Sidecar), ("web", Sidecar), ("migrate", Init), ("m", Main)];
+    assert_eq!(roles, want.map(|(n, r)| (n.to_string(), r)));
+}
+
+#[test]
+fn security_context_noise_and_privileged() {
+    let text = format!(
+        "{HEAD}spec:\n  securityContext:\n    seccompProfile: {{type: RuntimeDefault}}\n  containers:\n  - name: m\n    image: b\n    securityContext:\n      seccompProfile: {{type: RuntimeDefault}}\n  - name: dind\n    image: docker:dind\n    securityContext:\n      privileged: true\n      seccompProfile: {{type: Unconfined}}\n"
+    );
+    let (_, warnings) = parse(&text);
+    let got: Vec<String> = warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        got,
+        [
+            "pod.yaml:17:7: ignoring spec.containers[1].securityContext.seccompProfile: berth applies its default seccomp profile",
+            "pod.yaml:16:7: ignoring spec.containers[1].securityContext.privileged: privileged is not supported rootless: the container runs unprivileged; docker-in-docker will not work",
+        ]
+    );
+}
+
+#[test]
+fn cluster_only_fields_are_silent() {
+    let text = format!(
+        "{HEAD}spec:\n  serviceAccountName: jenkins\n  serviceAccount: jenkins\n  nodeSelector: {{disk: ssd}}\n  tolerations: [{{key: k, operator: Exists}}]\n  affinity: {{nodeAffinity: {{}}}}\n  imagePullSecrets: [{{name: regcred}}]\n  priorityClassName: high\n  containers:\n  - {{name: m, image: b, imagePullPolicy: IfNotPresent}}\n"
+    );
+    let (_, warnings) = parse(&text);
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn image_pull_policies() {
+    use berth::pod::PullPolicy::*;
+    let text = format!(
+        "{HEAD}spec:\n  containers:\n  - {{name: a, image: b, imagePullPolicy: Always}}\n  - {{name: c, image: b, imagePullPolicy: Never}}\n  - {{name: d, image: b, imagePullPolicy: IfNotPresent}}\n  - {{name: e, image: b:latest}}\n"
+    );
+    let (pod, _) = parse(&text);
+    let got: Vec<_> = pod.containers.iter().map(|c| c.pull_policy).collect();
+    assert_eq!(got, [Always, Never, IfNotPresent, IfNotPresent], "berth's default is podman's missing, even for :latest");
+    assert_eq!(Never.merge(Always), Always);
+    assert_eq!(Never.merge(IfNotPresent), IfNotPresent);
+    assert_eq!(Never.merge(Never), Never);
+}
+
+#[test]
+fn secret_and_config_map_volumes_map_to_host_paths() {
+    let text = format!(
+        "{}    volumeMounts:\n    - {{name: cfg, mountPath: /cfg}}\n    - {{name: cache, mountPath: /cache}}\n  volumes:\n  - name: cfg\n    secret: {{secretName: s, items: [{{key: k, path: p}}]}}\n  - name: cache\n    emptyDir: {{}}\n",
+        with_container_fields("")
+    );
+    let (line, column, message) = error(&text);
+    assert_eq!((line, column), (14, 5));
+    assert!(message.ends_with("map it to a host file or directory with --volume-from cfg=PATH"), "{message}");
+    let opts = kube::ReadOptions {
+        volume_from: vec![("cfg".into(), "/etc/ci/secret".into()), ("cache".into(), "/var/cache/m2".into())],
+        ..Default::default()
+    };
+    let (pod, warnings) = parse_with(&text, "pod.yaml", &opts);
+    assert!(warnings.is_empty(), "{warnings:?}");
+    assert_eq!(pod.volumes[0].source, VolumeSource::HostPath("/etc/ci/secret".into()));
+    assert_eq!(pod.volumes[1].source, VolumeSource::HostPath("/var/cache/m2".into()));
+    let ro: Vec<bool> = pod.containers[0].volume_mounts.iter().map(|m| m.read_only).collect();
+    assert_eq!(ro, [true, false], "a secret stays read-only, as on a cluster");
+    let opts = kube::ReadOptions { volume_from: vec![("cfg".into(), "/x".into()), ("nope".into(), "/x".into())], ..Default::default() };
+    let e = kube::from_str_with(&text, "pod.yaml", &opts).unwrap_err().to_string();
+    assert!(e.ends_with("--volume-from names \"nope\", which is no volume of this pod (volumes: cfg, cache)"), "{e}");
 }

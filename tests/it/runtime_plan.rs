@@ -40,7 +40,7 @@ fn bundle(dir: &Path, args: &[&str]) -> PathBuf {
 }
 
 fn container(name: &str, role: Role, bundle: PathBuf, rootfs: RootfsSource) -> PlannedContainer {
-    PlannedContainer { name: name.into(), role, bundle, rootfs, command: None, readiness: None, limits: Limits::default(), mounts: vec![], tty: false }
+    PlannedContainer { name: name.into(), role, bundle, rootfs, command: None, readiness: None, limits: Limits::default(), mounts: vec![], tty: false, open_stdin: false }
 }
 
 #[test]

@@ -3,44 +3,119 @@
 
 use std::path::PathBuf;
 
-use super::expand::expand_references;
-use super::scalar::{boolean, integer, port_number, quantity_of, scalar_text, string};
-use super::walk::Ignore::{self, Reject, Silent, SilentIf, Warn};
-use super::walk::{fail, join, Obj, Res, Walk};
+use super::container::RunAs;
+use super::scalar::{boolean, integer, scalar_text, string};
+use super::walk::Ignore::{self, Silent, SilentIf, Warn};
+use super::walk::{fail, join, Located, Res, Walk};
 use super::yaml::{short, Node, ScalarKind, Value};
-use crate::pod::{quantity, Container, Limits, Network, Pod, Probe, ProbeAction, Volume, VolumeMount, VolumeSource};
+use crate::pod::{Network, Pod, Volume, VolumeSource};
 
 impl Walk {
-    /// `pod.yaml` as a whole.
+    /// `pod.yaml` as a whole. The header (`apiVersion`, `kind`,
+    /// `metadata`) may be absent, as in the Kubernetes plugin's templates;
+    /// what is wrong in it is reported at once, every field in one error.
     pub(super) fn pod(&mut self, root: &Node) -> Res<Pod> {
         let mut top = self.obj(root, "")?;
-        let (api, path) = self.required(&mut top, "apiVersion")?;
-        if string(api, &path)? != "v1" {
-            return fail(api.mark, format!("apiVersion must be v1 for a Pod, not {}", scalar_text(api)));
+        let mut wrong: Vec<Located> = Vec::new();
+        if let Some((api, path)) = self.field(&mut top, "apiVersion") {
+            match string(api, &path) {
+                Ok(v) if v == "v1" => {}
+                Ok(_) => wrong.push(Located { mark: api.mark, message: format!("apiVersion must be v1 for a Pod, not {}", scalar_text(api)) }),
+                Err(e) => wrong.push(e),
+            }
         }
-        let (kind, path) = self.required(&mut top, "kind")?;
-        if string(kind, &path)? != "Pod" {
-            return fail(kind.mark, format!("kind must be Pod (berth runs Pods), not {}", scalar_text(kind)));
+        if let Some((kind, path)) = self.field(&mut top, "kind") {
+            match string(kind, &path) {
+                Ok(v) if v == "Pod" => {}
+                Ok(_) => wrong.push(Located { mark: kind.mark, message: format!("kind must be Pod (berth runs Pods), not {}", scalar_text(kind)) }),
+                Err(e) => wrong.push(e),
+            }
         }
-        let (meta, path) = self.required(&mut top, "metadata")?;
-        let name = self.metadata(meta, &path)?;
+        let name = match self.field(&mut top, "metadata") {
+            Some((meta, path)) => self.metadata(meta, &path).unwrap_or_else(|e| {
+                wrong.extend(e);
+                None
+            }),
+            None => None,
+        };
+        if let Some(first) = wrong.first() {
+            let mut message = first.message.clone();
+            for w in &wrong[1..] {
+                message.push_str(&format!("; {} (at {}:{})", w.message, w.mark.line, w.mark.column));
+            }
+            return fail(first.mark, message);
+        }
+        let name = self.opts.name.clone().or(name).unwrap_or_else(|| self.default_name.clone());
+        self.downward.name = name.clone();
+        if self.downward.namespace.is_empty() {
+            self.downward.namespace = "default".into();
+        }
+        self.downward.uid = super::downward::random_uid();
         let (spec, path) = self.required(&mut top, "spec")?;
         let pod = self.spec(spec, &path, name)?;
         self.finish(top, &[("status", Silent)])?;
         Ok(pod)
     }
 
-    fn metadata(&mut self, node: &Node, path: &str) -> Res<String> {
-        let mut o = self.obj(node, path)?;
+    /// The name the file gives, if any; every problem found, not the first.
+    fn metadata(&mut self, node: &Node, path: &str) -> Result<Option<String>, Vec<Located>> {
+        let mut o = self.obj(node, path).map_err(|e| vec![e])?;
+        let mut wrong = Vec::new();
         let name = match (self.field(&mut o, "name"), self.field(&mut o, "generateName")) {
-            (Some((n, p)), _) => string(n, &p)?,
-            (None, Some((g, p))) => format!("{}{}", string(g, &p)?, crate::pod::random_suffix(5)),
-            (None, None) => return fail(o.mark, format!("{path}.name is required")),
+            (Some((n, p)), _) => match string(n, &p) {
+                // An override makes the file's name irrelevant.
+                Ok(name) if self.opts.name.is_none() && !crate::pod::is_dns_label(&name) => {
+                    wrong.push(Located {
+                        mark: n.mark,
+                        message: format!("{p}: invalid pod name {}: {}", short(&name), crate::pod::LABEL_RULE),
+                    });
+                    None
+                }
+                Ok(name) => Some(name),
+                Err(e) => {
+                    wrong.push(e);
+                    None
+                }
+            },
+            (None, Some((g, p))) => match string(g, &p) {
+                Ok(prefix) => Some(format!("{prefix}{}", crate::pod::random_suffix(5))),
+                Err(e) => {
+                    wrong.push(e);
+                    None
+                }
+            },
+            (None, None) => None,
         };
+        if let Some((ns, p)) = self.field(&mut o, "namespace") {
+            match string(ns, &p) {
+                Ok(ns) => self.downward.namespace = ns,
+                Err(e) => wrong.push(e),
+            }
+        }
+        for key in ["labels", "annotations"] {
+            if let Some((m, p)) = self.field(&mut o, key) {
+                // Only a fieldRef reads them: anything but strings is left out.
+                let pairs: Vec<(String, String)> = match &m.value {
+                    Value::Map(entries) => entries
+                        .iter()
+                        .filter_map(|(k, v)| match &v.value {
+                            Value::Scalar(s) if s.kind == ScalarKind::Str => Some((k.text.clone(), s.text.clone())),
+                            _ => None,
+                        })
+                        .collect(),
+                    _ => {
+                        wrong.push(Located { mark: m.mark, message: format!("{p} must be a mapping, not {}", m.describe()) });
+                        Vec::new()
+                    }
+                };
+                if key == "labels" {
+                    self.downward.labels = pairs;
+                } else {
+                    self.downward.annotations = pairs;
+                }
+            }
+        }
         const META: &[(&str, Ignore)] = &[
-            ("namespace", Silent),
-            ("labels", Silent),
-            ("annotations", Silent),
             ("uid", Silent),
             ("resourceVersion", Silent),
             ("generation", Silent),
@@ -52,17 +127,28 @@ impl Walk {
             ("managedFields", Silent),
             ("selfLink", Silent),
         ];
-        self.finish(o, META)?;
-        Ok(name)
+        if let Err(e) = self.finish(o, META) {
+            wrong.push(e);
+        }
+        if wrong.is_empty() { Ok(name) } else { Err(wrong) }
     }
 
     fn spec(&mut self, node: &Node, path: &str, name: String) -> Res<Pod> {
         let mut o = self.obj(node, path)?;
+        let o_mark = o.mark;
+        self.downward.service_account = "default".into();
+        for key in ["serviceAccountName", "serviceAccount"] {
+            if let Some((v, p)) = self.field(&mut o, key) {
+                self.downward.service_account = string(v, &p)?;
+                break;
+            }
+        }
 
         let mut defaults = RunAs::default();
         if let Some((sc, p)) = self.field(&mut o, "securityContext") {
             let mut sc = self.obj(sc, &p)?;
             defaults = self.run_as(&mut sc)?;
+            self.seccomp_profile(&mut sc)?;
             const POD_SC: &[(&str, Ignore)] = &[
                 ("runAsNonRoot", SilentIf(&["false"], "not enforced")),
                 ("fsGroup", Warn("berth does not change volume ownership")),
@@ -70,7 +156,6 @@ impl Walk {
                 ("supplementalGroups", Warn("not supported")),
                 ("supplementalGroupsPolicy", Silent),
                 ("sysctls", Warn("not supported")),
-                ("seccompProfile", Warn("berth applies its default seccomp profile")),
                 ("seLinuxOptions", Warn("not supported")),
                 ("seLinuxChangePolicy", Silent),
                 ("appArmorProfile", Warn("not supported")),
@@ -152,7 +237,6 @@ impl Walk {
             ("overhead", Silent),
             ("readinessGates", Silent),
             ("os", Silent),
-            ("serviceAccountName", Silent),
             ("serviceAccount", Silent),
             ("automountServiceAccountToken", Silent),
             ("enableServiceLinks", Silent),
@@ -163,15 +247,30 @@ impl Walk {
         ];
         self.finish(o, SPEC)?;
 
-        let mut pod = Pod { name, init_containers, containers, main: 0, volumes, share_process_namespace, network, grace_seconds };
-        // The runtime honours tty for the main container only; say so where
-        // a file asks for more (a common Jenkins pod-template habit).
-        for (init, list) in [(true, &mut pod.init_containers), (false, &mut pod.containers)] {
-            for (i, c) in list.iter_mut().enumerate() {
-                if c.tty && (init || i != 0) {
+        for (v, _) in &self.opts.volume_from {
+            if !volumes.iter().any(|vol| vol.name == *v) {
+                let names: Vec<&str> = volumes.iter().map(|vol| vol.name.as_str()).collect();
+                return fail(o_mark, format!("--volume-from names {}, which is no volume of this pod (volumes: {})", short(v), names.join(", ")));
+            }
+        }
+        // The agent's container is the main one: its stdio is the channel.
+        let main = containers.iter().position(|c| c.agent).unwrap_or(0);
+        let mut pod = Pod { name, init_containers, containers, main, volumes, share_process_namespace, network, grace_seconds };
+        for c in pod.init_containers.iter_mut().chain(pod.containers.iter_mut()) {
+            for m in &mut c.volume_mounts {
+                m.read_only |= self.read_only_volumes.contains(&m.name);
+            }
+        }
+        // Only the main container gets a terminal. Jenkins templates set tty
+        // on every container out of habit, to keep a `cat` waiting on it:
+        // the others get a stdin that stays open instead, which does the
+        // same, so this is no news worth a warning.
+        for (init, list) in [(true, &pod.init_containers), (false, &pod.containers)] {
+            for (i, c) in list.iter().enumerate() {
+                if c.tty && (init || i != main) {
                     let p = format!("{path}.{}[{i}].tty", if init { "initContainers" } else { "containers" });
                     let mark = self.marks.get(&p).copied().unwrap_or_default();
-                    self.warn(mark, &p, format!("ignoring {p}: only the main container gets a terminal"));
+                    tracing::debug!("{}:{}: {p}: no terminal but the main container's; stdin stays open", mark.line, mark.column);
                 }
             }
         }
@@ -182,6 +281,17 @@ impl Walk {
         let mut o = self.obj(node, path)?;
         let (n, p) = self.required(&mut o, "name")?;
         let name = string(n, &p)?;
+        if let Some((_, host)) = self.opts.volume_from.iter().find(|(v, _)| *v == name) {
+            // Mapped on the command line: whatever the file's source, the
+            // host path replaces it; a cluster's read-only kinds stay read-only.
+            let host = host.clone();
+            let read_only = o.entries.iter().any(|(k, v)| READ_ONLY_VOLUMES.contains(&k.text.as_str()) && !v.is_null());
+            o.used.iter_mut().for_each(|u| *u = true);
+            if read_only {
+                self.read_only_volumes.push(name.clone());
+            }
+            return Ok(Volume { name, source: VolumeSource::HostPath(host) });
+        }
         let mut sources = Vec::new();
         if let Some((v, p)) = self.field(&mut o, "emptyDir") {
             let e = self.obj(v, &p)?;
@@ -206,6 +316,17 @@ impl Walk {
             sources.push((v.mark, VolumeSource::Image { reference }));
         }
         for (key, value) in o.entries {
+            if READ_ONLY_VOLUMES.contains(&key.text.as_str()) && !value.is_null() {
+                return fail(
+                    key.mark,
+                    format!(
+                        "{}: a {} volume has no content outside a cluster; map it to a host file or directory with --volume-from {}=PATH",
+                        join(path, &key.text),
+                        key.text,
+                        name
+                    ),
+                );
+            }
             if UNSUPPORTED_VOLUMES.contains(&key.text.as_str()) && !value.is_null() {
                 return fail(
                     key.mark,
@@ -222,275 +343,11 @@ impl Walk {
         }
     }
 
-    fn container(&mut self, node: &Node, path: &str, init: bool, defaults: &RunAs) -> Res<Container> {
-        let mut o = self.obj(node, path)?;
-        let (n, p) = self.required(&mut o, "name")?;
-        let name = string(n, &p)?;
-        let (i, p) = self.required(&mut o, "image")?;
-        let image = string(i, &p)?;
-
-        // Kubernetes treats an empty list like an absent one.
-        let command = self.field(&mut o, "command").map(|(v, p)| self.string_list(v, &p)).transpose()?.filter(|v| !v.is_empty());
-        let mut args = self.field(&mut o, "args").map(|(v, p)| self.string_list(v, &p)).transpose()?.filter(|v| !v.is_empty());
-        // A command without args replaces the image's Cmd with nothing.
-        if command.is_some() && args.is_none() {
-            args = Some(Vec::new());
-        }
-
-        let mut env = Vec::new();
-        if let Some((v, p)) = self.field(&mut o, "env") {
-            let items = self.list(v, &p)?;
-            for (j, item) in items.iter().enumerate() {
-                let ip = format!("{p}[{j}]");
-                let mut e = self.obj(item, &ip)?;
-                let (k, kp) = self.required(&mut e, "name")?;
-                let key = string(k, &kp)?;
-                let value = self.field(&mut e, "value").map(|(v, vp)| string(v, &vp)).transpose()?.unwrap_or_default();
-                self.finish(
-                    e,
-                    &[("valueFrom", Reject("valueFrom is not supported (berth has no ConfigMaps, Secrets or downward API); use value"))],
-                )?;
-                env.push((key, value));
-            }
-        }
-        let (env, command, args) = expand_references(env, command, args);
-
-        let working_dir = self.field(&mut o, "workingDir").map(|(v, p)| string(v, &p)).transpose()?.filter(|d| !d.is_empty());
-
-        let mut volume_mounts = Vec::new();
-        if let Some((v, p)) = self.field(&mut o, "volumeMounts") {
-            let items = self.list(v, &p)?;
-            for (j, item) in items.iter().enumerate() {
-                let mp = format!("{p}[{j}]");
-                let mut m = self.obj(item, &mp)?;
-                let (n, np) = self.required(&mut m, "name")?;
-                let (mpath, mpp) = self.required(&mut m, "mountPath")?;
-                let read_only = self.field(&mut m, "readOnly").map(|(v, p)| boolean(v, &p)).transpose()?.unwrap_or(false);
-                let mount = VolumeMount { name: string(n, &np)?, mount_path: string(mpath, &mpp)?, read_only };
-                self.finish(
-                    m,
-                    &[
-                        ("subPath", Reject("subPath is not supported; mount the volume and use the path inside it")),
-                        ("subPathExpr", Reject("subPathExpr is not supported")),
-                        ("mountPropagation", SilentIf(&["None"], "berth's mounts are private")),
-                        ("recursiveReadOnly", Warn("not supported")),
-                    ],
-                )?;
-                volume_mounts.push(mount);
-            }
-        }
-
-        let mut ports = Vec::new();
-        let mut port_names: Vec<(String, u16)> = Vec::new();
-        if let Some((v, p)) = self.field(&mut o, "ports") {
-            let items = self.list(v, &p)?;
-            for (j, item) in items.iter().enumerate() {
-                let pp = format!("{p}[{j}]");
-                let mut po = self.obj(item, &pp)?;
-                let (cp, cpp) = self.required(&mut po, "containerPort")?;
-                let port = port_number(cp, &cpp)?;
-                if let Some((n, np)) = self.field(&mut po, "name") {
-                    let pname = string(n, &np)?;
-                    if !is_port_name(&pname) {
-                        return fail(
-                            n.mark,
-                            format!("invalid port name {}: at most 15 lowercase letters, digits and '-', with a letter", short(&pname)),
-                        );
-                    }
-                    if port_names.iter().any(|(existing, _)| *existing == pname) {
-                        return fail(n.mark, format!("port name {} is used twice", short(&pname)));
-                    }
-                    port_names.push((pname, port));
-                }
-                self.finish(
-                    po,
-                    &[
-                        ("protocol", Silent),
-                        ("hostPort", Warn("berth does not publish ports; use --network host")),
-                        ("hostIP", Warn("berth does not publish ports; use --network host")),
-                    ],
-                )?;
-                ports.push(port);
-            }
-        }
-
-        let mut limits = Limits::default();
-        if let Some((v, p)) = self.field(&mut o, "resources") {
-            let mut r = self.obj(v, &p)?;
-            if let Some((l, lp)) = self.field(&mut r, "limits") {
-                let mut lo = self.obj(l, &lp)?;
-                if let Some((m, mp)) = self.field(&mut lo, "memory") {
-                    limits.memory_bytes = Some(quantity_of(m, &mp, quantity::bytes)?);
-                }
-                if let Some((c, cp)) = self.field(&mut lo, "cpu") {
-                    limits.cpu_millis = Some(quantity_of(c, &cp, quantity::millis)?);
-                }
-                for ((key, _), used) in lo.entries.iter().zip(lo.used.iter_mut()) {
-                    if !*used {
-                        *used = true;
-                        let kp = join(&lp, &key.text);
-                        self.warnings.push((key.mark, kp.clone(), format!("ignoring {kp}: berth limits memory and cpu only")));
-                    }
-                }
-                self.finish(lo, &[])?;
-            }
-            self.finish(r, &[("requests", Silent), ("claims", Warn("not supported"))])?;
-        }
-
-        let mut run_as = defaults.clone();
-        if let Some((v, p)) = self.field(&mut o, "securityContext") {
-            let mut sc = self.obj(v, &p)?;
-            let own = self.run_as(&mut sc)?;
-            run_as.user = own.user.or(run_as.user);
-            run_as.group = own.group.or(run_as.group);
-            const SC: &[(&str, Ignore)] = &[
-                ("allowPrivilegeEscalation", SilentIf(&["false"], "berth always sets no_new_privileges")),
-                ("privileged", SilentIf(&["false"], "berth never runs privileged containers")),
-                ("readOnlyRootFilesystem", SilentIf(&["false"], "the root filesystem is writable")),
-                ("runAsNonRoot", SilentIf(&["false"], "not enforced")),
-                ("capabilities", Warn("berth grants Docker's default capability set")),
-                ("seccompProfile", Warn("berth applies its default seccomp profile")),
-                ("seLinuxOptions", Warn("not supported")),
-                ("appArmorProfile", Warn("not supported")),
-                ("procMount", SilentIf(&["Default"], "/proc is always masked")),
-                ("windowsOptions", Silent),
-            ];
-            self.finish(sc, SC)?;
-        }
-
-        let readiness = match self.field(&mut o, "readinessProbe") {
-            Some((v, p)) if init => return fail(v.mark, format!("{p}: init containers cannot have a readinessProbe")),
-            Some((v, p)) => Some(self.probe(v, &p, &port_names)?),
-            None => None,
-        };
-        let tty = self.field(&mut o, "tty").map(|(v, p)| boolean(v, &p)).transpose()?.unwrap_or(false);
-
-        let restart: Ignore = if init {
-            Reject("init containers with restartPolicy (Kubernetes sidecars) are not supported; list the container under spec.containers")
-        } else {
-            Warn("berth never restarts containers")
-        };
-        let known = [
-            ("imagePullPolicy", Silent),
-            ("stdin", Silent),
-            ("stdinOnce", Silent),
-            ("terminationMessagePath", Silent),
-            ("terminationMessagePolicy", Silent),
-            ("resizePolicy", Silent),
-            ("restartPolicy", restart),
-            ("livenessProbe", Warn("berth does not restart containers")),
-            ("startupProbe", Warn("not supported; use readinessProbe")),
-            ("lifecycle", Warn("lifecycle hooks are not supported")),
-            ("envFrom", Reject("envFrom is not supported (berth has no ConfigMaps or Secrets); list the variables under env")),
-            ("volumeDevices", Reject("volumeDevices are not supported")),
-        ];
-        self.finish(o, &known)?;
-
-        Ok(Container {
-            name,
-            image,
-            command,
-            args,
-            env,
-            working_dir,
-            volume_mounts,
-            ports,
-            limits,
-            run_as_user: run_as.user,
-            run_as_group: run_as.group,
-            readiness,
-            tty,
-        })
-    }
-
-    fn run_as(&mut self, sc: &mut Obj<'_>) -> Res<RunAs> {
-        let mut id = |key: &str| -> Res<Option<u32>> {
-            match self.field(sc, key) {
-                None => Ok(None),
-                Some((v, p)) => {
-                    let n = integer(v, &p)?;
-                    // Kubernetes: 0 ..= 2147483647.
-                    match u32::try_from(n) {
-                        Ok(n) if n <= i32::MAX as u32 => Ok(Some(n)),
-                        _ => fail(v.mark, format!("{p} must be between 0 and 2147483647, not {n}")),
-                    }
-                }
-            }
-        };
-        Ok(RunAs { user: id("runAsUser")?, group: id("runAsGroup")? })
-    }
-
-    fn probe(&mut self, node: &Node, path: &str, port_names: &[(String, u16)]) -> Res<Probe> {
-        let mut o = self.obj(node, path)?;
-        let mut actions = Vec::new();
-        if let Some((v, p)) = self.field(&mut o, "exec") {
-            let mut e = self.obj(v, &p)?;
-            let (c, cp) = self.required(&mut e, "command")?;
-            let cmd = self.string_list(c, &cp)?;
-            if cmd.is_empty() {
-                return fail(c.mark, format!("{cp} must not be empty"));
-            }
-            self.finish(e, &[])?;
-            actions.push((v.mark, ProbeAction::Exec(cmd)));
-        }
-        if let Some((v, p)) = self.field(&mut o, "tcpSocket") {
-            let mut t = self.obj(v, &p)?;
-            let (port, pp) = self.required(&mut t, "port")?;
-            let number = match &port.value {
-                Value::Scalar(s) if s.kind == ScalarKind::Str => match port_names.iter().find(|(n, _)| *n == s.text) {
-                    Some((_, number)) => *number,
-                    None => return fail(port.mark, format!("{pp}: no port named {} in this container's ports", short(&s.text))),
-                },
-                _ => port_number(port, &pp)?,
-            };
-            self.finish(t, &[("host", Warn("berth probes 127.0.0.1 in the pod"))])?;
-            actions.push((v.mark, ProbeAction::Tcp(number)));
-        }
-        let seconds = |walk: &mut Walk, o: &mut Obj<'_>, key: &str, default: u64| -> Res<u64> {
-            match walk.field(o, key) {
-                None => Ok(default),
-                Some((v, p)) => match integer(v, &p)? {
-                    // 0 is Go's "unset": Kubernetes applies the default.
-                    0 => Ok(default),
-                    n if (1..=i64::from(i32::MAX)).contains(&n) => Ok(n.unsigned_abs()),
-                    n => fail(v.mark, format!("{p} must not be negative, not {n}")),
-                },
-            }
-        };
-        let initial_delay = seconds(self, &mut o, "initialDelaySeconds", 0)?;
-        let period = seconds(self, &mut o, "periodSeconds", 10)?;
-        let timeout = seconds(self, &mut o, "timeoutSeconds", 1)?;
-        let failure_threshold = seconds(self, &mut o, "failureThreshold", 3)?;
-        self.finish(
-            o,
-            &[
-                ("httpGet", Reject("httpGet probes are not supported; use tcpSocket or exec")),
-                ("grpc", Reject("grpc probes are not supported; use tcpSocket or exec")),
-                ("successThreshold", SilentIf(&["1"], "one success makes a container ready")),
-                ("terminationGracePeriodSeconds", Warn("not supported")),
-            ],
-        )?;
-        let action = match actions.len() {
-            1 => actions.remove(0).1,
-            0 => return fail(node.mark, format!("{path} needs exec or tcpSocket")),
-            _ => return fail(actions[1].0, format!("{path} may have only one of exec and tcpSocket")),
-        };
-        Ok(Probe {
-            action,
-            initial_delay: std::time::Duration::from_secs(initial_delay),
-            period: std::time::Duration::from_secs(period),
-            timeout: std::time::Duration::from_secs(timeout),
-            failure_threshold: u32::try_from(failure_threshold).unwrap_or(u32::MAX),
-        })
-    }
 }
 
-/// Identity to run as, from the pod's securityContext or the container's.
-#[derive(Debug, Clone, Default)]
-struct RunAs {
-    user: Option<u32>,
-    group: Option<u32>,
-}
+/// Volumes a cluster fills from its API objects, read-only: outside one
+/// they need `--volume-from`.
+const READ_ONLY_VOLUMES: &[&str] = &["configMap", "downwardAPI", "projected", "secret"];
 
 const UNSUPPORTED_VOLUMES: &[&str] = &[
     "awsElasticBlockStore",
@@ -521,30 +378,3 @@ const UNSUPPORTED_VOLUMES: &[&str] = &[
     "storageos",
     "vsphereVolume",
 ];
-
-/// Kubernetes' IANA_SVC_NAME: at most 15 of `a-z0-9-`, at least one
-/// letter, no leading, trailing or double '-'.
-fn is_port_name(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 15
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && s.bytes().any(|b| b.is_ascii_lowercase())
-        && !s.starts_with('-')
-        && !s.ends_with('-')
-        && !s.contains("--")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_names() {
-        for ok in ["http", "web-1", "a", "postgres"] {
-            assert!(is_port_name(ok), "{ok}");
-        }
-        for bad in ["", "8080", "-a", "a-", "a--b", "HTTP", "abcdefghijklmnop"] {
-            assert!(!is_port_name(bad), "{bad}");
-        }
-    }
-}

@@ -15,11 +15,19 @@
 //!
 //! Every error names `file:line:column`.
 //!
+//! What the Kubernetes plugin fills in is defaulted, so its pod templates
+//! run as written: `apiVersion`, `kind`, `metadata.name` (from the file's
+//! name), the `jnlp` container without an image (the agent's), and the
+//! downward API's `fieldRef`s (values the pod has under berth).
+//!
 //! The work is split by job: `walk` reads the YAML tree field by field,
 //! remembering positions and judging fields nobody read; `mapping` maps
-//! the Pod API onto [`Pod`]; `scalar` coerces scalars the way Kubernetes
-//! does; `expand` resolves `$(VAR)` references; `yaml` builds the tree.
+//! the Pod API onto [`Pod`], `container` its containers; `scalar` coerces
+//! scalars the way Kubernetes does; `expand` resolves `$(VAR)` references;
+//! `downward` gives `fieldRef` values; `yaml` builds the tree.
 
+mod container;
+mod downward;
 mod expand;
 mod mapping;
 mod scalar;
@@ -29,7 +37,7 @@ mod yaml;
 use std::collections::HashMap;
 use std::fmt;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
@@ -72,8 +80,32 @@ impl fmt::Display for Warning {
     }
 }
 
+/// What the command line changes while a file is read: things the file's
+/// own values depend on (a `fieldRef` to `metadata.name`) or that decide
+/// whether it is valid at all (a secret volume).
+#[derive(Debug, Clone, Default)]
+pub struct ReadOptions {
+    /// Replaces `metadata.name` (`--name`).
+    pub name: Option<String>,
+    /// Volumes by name that become this host file or directory whatever
+    /// their source (`--volume-from NAME=PATH`): how a `secret` or
+    /// `configMap` volume gets its content outside a cluster. Those, like on
+    /// a cluster, are mounted read-only.
+    pub volume_from: Vec<(String, PathBuf)>,
+}
+
 /// Reads and parses a pod file; each warning goes to `tracing::warn!`.
 pub fn from_file(path: &Path) -> Result<Pod, PodFileError> {
+    let (pod, warnings) = read_file(path, &ReadOptions::default())?;
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    Ok(pod)
+}
+
+/// Reads and parses a pod file with the command line's changes; the
+/// warnings are the caller's to show.
+pub fn read_file(path: &Path, opts: &ReadOptions) -> Result<(Pod, Vec<Warning>), PodFileError> {
     let file = path.display().to_string();
     let read_err = |source| PodFileError::Read { file: file.clone(), source };
     let f = std::fs::File::open(path).map_err(read_err)?;
@@ -97,15 +129,17 @@ pub fn from_file(path: &Path) -> Result<Pod, PodFileError> {
             });
         }
     };
-    let (pod, warnings) = from_str(text, &file)?;
-    for w in &warnings {
-        tracing::warn!("{w}");
-    }
-    Ok(pod)
+    from_str_with(text, &file, opts)
 }
 
-/// Parses a Pod manifest. `file_name` is used in messages only.
+/// Parses a Pod manifest. `file_name` is used in messages and for the
+/// default pod name.
 pub fn from_str(text: &str, file_name: &str) -> Result<(Pod, Vec<Warning>), PodFileError> {
+    from_str_with(text, file_name, &ReadOptions::default())
+}
+
+/// [`from_str`] with the command line's changes.
+pub fn from_str_with(text: &str, file_name: &str, opts: &ReadOptions) -> Result<(Pod, Vec<Warning>), PodFileError> {
     if text.len() as u64 > MAX_FILE_SIZE {
         return Err(PodFileError::TooLarge { file: file_name.into(), limit: MAX_FILE_SIZE });
     }
@@ -119,7 +153,7 @@ pub fn from_str(text: &str, file_name: &str) -> Result<(Pod, Vec<Warning>), PodF
     let root = yaml::parse_one(text)
         .map_err(|e| invalid(e.mark, e.message))?
         .ok_or_else(|| invalid(Mark { line: 1, column: 1 }, "the file holds no Pod".into()))?;
-    let mut walk = Walk { warnings: Vec::new(), marks: HashMap::new() };
+    let mut walk = Walk::new(opts.clone(), default_name(file_name));
     let pod = walk.pod(&root).map_err(|e| invalid(e.mark, e.message))?;
     pod.validate().map_err(|e| {
         let mark = walk.mark_of(&e.path).unwrap_or(root.mark);
@@ -132,6 +166,10 @@ pub fn from_str(text: &str, file_name: &str) -> Result<(Pod, Vec<Warning>), PodF
         let i = index.entry(list).or_insert(0usize);
         let path = format!("spec.{list}[{i}].image");
         *i += 1;
+        // The agent container's image is berth agent's to choose.
+        if c.agent {
+            continue;
+        }
         if let Err(e) = crate::image::reference::parse(&c.image) {
             let mark = walk.mark_of(&path).unwrap_or(root.mark);
             return Err(invalid(mark, format!("{path}: {}", crate::exit::chain(&e))));
@@ -145,6 +183,26 @@ pub fn from_str(text: &str, file_name: &str) -> Result<(Pod, Vec<Warning>), PodF
     Ok((pod, warnings))
 }
 
+/// A pod name for a file without one: its name as a DNS label with a
+/// random suffix, as the Kubernetes plugin names its pods, so two builds
+/// from one template can run at once (`KubernetesPod.yaml` gives
+/// `kubernetespod-x7k2q`).
+fn default_name(file_name: &str) -> String {
+    let stem = Path::new(file_name).file_stem().map(|s| s.to_string_lossy().to_lowercase()).unwrap_or_default();
+    let mut label = String::new();
+    for c in stem.chars() {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            label.push(c);
+        } else if !label.is_empty() && !label.ends_with('-') {
+            label.push('-');
+        }
+    }
+    label.truncate(57);
+    let label = label.trim_end_matches('-');
+    let label = if label.is_empty() { "pod" } else { label };
+    format!("{label}-{}", crate::pod::random_suffix(5))
+}
+
 /// The position just after `text`.
 fn end_mark(text: &str) -> Mark {
     let line = 1 + text.matches('\n').count();
@@ -155,6 +213,16 @@ fn end_mark(text: &str) -> Mark {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_names_are_labels() {
+        for (file, stem) in [("KubernetesPod.yaml", "kubernetespod-"), ("dir/01-jk_a.b.yaml", "01-jk-a-b-"), ("-", "pod-"), ("__.yaml", "pod-")] {
+            let n = default_name(file);
+            assert!(n.starts_with(stem) && n.len() == stem.len() + 5, "{file}: {n}");
+            assert!(crate::pod::is_dns_label(&n), "{n}");
+        }
+        assert!(crate::pod::is_dns_label(&default_name(&"a".repeat(200))));
+    }
 
     #[test]
     fn end_mark_counts_chars() {

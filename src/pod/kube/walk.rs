@@ -48,6 +48,14 @@ pub(super) struct Walk {
     pub(super) warnings: Vec<(Mark, String, String)>,
     /// Where each field read lives, for validation errors found later.
     pub(super) marks: HashMap<String, Mark>,
+    /// The command line's changes.
+    pub(super) opts: super::ReadOptions,
+    /// The pod's name when neither the file nor the options give one.
+    pub(super) default_name: String,
+    /// What `fieldRef`s resolve to, filled in as the walk reads the pod.
+    pub(super) downward: super::downward::Downward,
+    /// Volumes `--volume-from` mapped that a cluster mounts read-only.
+    pub(super) read_only_volumes: Vec<String>,
 }
 
 /// `path.key`, with odd keys quoted so a message stays one line.
@@ -60,7 +68,18 @@ pub(super) fn join(path: &str, key: &str) -> String {
     }
 }
 
+impl Obj<'_> {
+    /// Where `key` itself is written, for warnings about it.
+    pub(super) fn key_mark(&self, key: &str) -> Option<Mark> {
+        self.entries.iter().find(|(k, _)| k.text == key).map(|(k, _)| k.mark)
+    }
+}
+
 impl Walk {
+    pub(super) fn new(opts: super::ReadOptions, default_name: String) -> Walk {
+        Walk { warnings: Vec::new(), marks: HashMap::new(), opts, default_name, downward: Default::default(), read_only_volumes: Vec::new() }
+    }
+
     /// The position of `path`, or of its nearest ancestor that was read.
     pub(super) fn mark_of(&self, path: &str) -> Option<Mark> {
         let mut p = path;

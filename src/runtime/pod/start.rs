@@ -1,6 +1,8 @@
 //! Starting the pod's containers: every bundle prepared first, then init
 //! containers one after another, sidecars (and their readiness), and the
-//! main container, which runs until the pod ends.
+//! main container, which runs until the pod ends. A sidecar placed before an
+//! init container (Kubernetes' native sidecar) starts in its turn and is
+//! ready before the next container starts.
 
 use std::path::Path;
 use std::time::Instant;
@@ -73,30 +75,39 @@ impl Pod {
             bundles.push(b);
         }
 
+        // The sidecars after the last init container start together, then
+        // are waited for together.
+        let last_init = self.members.iter().rposition(|m| m.role == Role::Init);
+        let mut together = Vec::new();
         for (i, bundle) in bundles.iter().enumerate() {
-            if self.members[i].role != Role::Init {
-                continue;
-            }
-            self.start(i, bundle)?;
-            let name = self.members[i].name.clone();
-            let code = self.wait_for(|p| p.members[i].exit)?;
-            if code != 0 {
-                return Err(PodError::InitFailed { name, code });
+            match self.members[i].role {
+                Role::Init => {
+                    self.start(i, bundle)?;
+                    let name = self.members[i].name.clone();
+                    let code = self.wait_for(|p| p.members[i].exit)?;
+                    if code != 0 {
+                        return Err(PodError::InitFailed { name, code });
+                    }
+                    if Some(i) == last_init {
+                        if let Some((spec, rootfs)) = check_main_later.take() {
+                            let name = self.members.iter().find(|m| m.role == Role::Main).map(|m| m.name.clone()).unwrap_or_default();
+                            container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name, path, why })?;
+                        }
+                    }
+                }
+                Role::Sidecar if last_init.is_some_and(|l| i < l) => {
+                    self.start(i, bundle)?;
+                    self.wait_ready(i)?;
+                }
+                Role::Sidecar => {
+                    self.start(i, bundle)?;
+                    together.push(i);
+                }
+                Role::Main => {}
             }
         }
-        if let Some((spec, rootfs)) = check_main_later {
-            let name = self.members.iter().find(|m| m.role == Role::Main).map(|m| m.name.clone()).unwrap_or_default();
-            container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name, path, why })?;
-        }
-        for (i, bundle) in bundles.iter().enumerate() {
-            if self.members[i].role == Role::Sidecar {
-                self.start(i, bundle)?;
-            }
-        }
-        for i in 0..self.members.len() {
-            if self.members[i].role == Role::Sidecar {
-                self.wait_ready(i)?;
-            }
+        for i in together {
+            self.wait_ready(i)?;
         }
         let main = self.members.iter().position(|m| m.role == Role::Main).unwrap_or(self.members.len() - 1);
         self.start(main, &bundles[main])?;
@@ -140,9 +151,17 @@ impl Pod {
             None
         } else {
             let echo = !self.plan.quiet_sidecars;
-            let (pump, stdio) = LogPump::new(&name, &self.dir.log_path(&name), echo)
+            let (pump, mut stdio) = LogPump::new(&name, &self.dir.log_path(&name), echo)
                 .map_err(|source| ContainerError::Io { name: name.clone(), source })?;
             self.events.add(Box::new(pump));
+            if self.plan.containers[i].open_stdin {
+                let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| ContainerError::Io { name: name.clone(), source: e.into() })?;
+                stdio.stdin = read;
+                // Never written, never closed: the pod process's end keeps
+                // the pipe open until the pod process itself exits.
+                std::mem::forget(write);
+            }
             Some(stdio)
         };
         let console = if self.members[i].role == Role::Main && self.plan.containers[i].tty {
