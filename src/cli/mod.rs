@@ -16,6 +16,7 @@ use berth::exit;
 use berth::paths::Paths;
 use berth::reexec::Entry;
 
+mod agent;
 mod bundle;
 mod images;
 mod pods;
@@ -85,6 +86,9 @@ pub enum Command {
     Bundle(bundle::BundleArgs),
     /// Run a pod: from a Kubernetes Pod file (--pod) or an image and sidecars.
     Run(Box<run::RunArgs>),
+    /// Run a Jenkins agent (stdio) in a pod, from any build image: the
+    /// command of a node launched "via execution of command on the controller".
+    Agent(Box<agent::AgentArgs>),
     /// List running pods.
     Ps(pods::PsArgs),
     /// Run a command in a running container of a pod.
@@ -145,6 +149,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Gc(a) => images::gc(g, a),
         Command::Bundle(a) => bundle::run(g, a),
         Command::Run(a) => run::run(g, *a),
+        Command::Agent(a) => agent::run(g, *a),
         Command::Ps(a) => pods::ps(g, a),
         Command::Exec(a) => pods::exec(g, a),
         Command::Logs(a) => pods::logs(g, a),

@@ -125,14 +125,14 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
+pub(super) fn parse_memory(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::bytes(s) {
         Ok(0) => Err("must be more than 0".into()),
         r => r.map_err(|e| e.to_string()),
     }
 }
 
-fn parse_cpus(s: &str) -> Result<u64, String> {
+pub(super) fn parse_cpus(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::millis(s) {
         Ok(0) => Err("must be more than 0".into()),
         r => r.map_err(|e| e.to_string()),

@@ -351,9 +351,25 @@ pub fn check_command(spec: &Spec, rootfs: &Path) -> Result<(), (String, CommandP
             .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
         path.split(':').filter(|d| !d.is_empty()).map(|d| Path::new(d).join(cmd)).collect()
     };
+    // A command on a bind mount (tools injected through a volume, as
+    // Kubernetes allows) is looked up in the mount's source.
+    let mounted = |cand: &Path| -> Option<(pathrs::Root, PathBuf)> {
+        let (_, source, rest) = spec
+            .mounts()
+            .iter()
+            .flatten()
+            .filter(|m| m.typ().as_deref() == Some("bind"))
+            .filter_map(|m| Some((m.destination().components().count(), m.source().clone()?, cand.strip_prefix(m.destination()).ok()?)))
+            .max_by_key(|(depth, _, _)| *depth)?;
+        Some((pathrs::Root::open(&source).ok()?, Path::new("/").join(rest)))
+    };
     let mut found_any = false;
     for cand in &candidates {
-        let Ok(handle) = root.resolve(cand) else { continue };
+        let handle = match mounted(cand) {
+            Some((mount, rest)) => mount.resolve(&rest),
+            None => root.resolve(cand),
+        };
+        let Ok(handle) = handle else { continue };
         found_any = true;
         if let Ok(st) = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&std::os::fd::AsFd::as_fd(&handle))) {
             let mode = fs::Permissions::from_mode(st.st_mode).mode();
