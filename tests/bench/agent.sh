@@ -8,7 +8,11 @@
 #     from the host's JDK (jlink'd java.base, its ldd libraries, glibc's
 #     loader), images cached;
 #   - podman: `podman run -i` of the same images and command, when podman is
-#     installed (it is not required).
+#     installed (it is not required);
+#   - the jar cache: a build's 200 jars of 100 KiB (looked up by checksum and
+#     sent on a miss, as remoting's JarLoader does) through `berth agent`
+#     with a fresh jar cache (as every fresh container has) vs the
+#     controller's shared one after a first build.
 # Every command runs as the user berthtest; the controller as root. Medians
 # of N interleaved rounds (default 10; 3 for the 64 MiB stream).
 #
@@ -114,6 +118,18 @@ for _ in 1 2 3; do
   stream berth "${berth[@]}"
 done
 
+# jars KEY: one build's jar traffic with the jar cache of controller KEY.
+jars() {
+  controller jars:200:100 close -- "${berth[@]:0:${#berth[@]}-1}" --jenkins-url "http://$1/" "$bb_img" 2>"$work/err" | awk '/^jars/ {print $3, $4, $5}'
+}
+jars shared >/dev/null
+for i in 1 2 3; do
+  jars "fresh-$i" >>"$work/jars-fresh"
+  jars shared >>"$work/jars-shared"
+done
+jar_ms() { awk '{split($3, a, "="); print a[2]}' "$1" | median; }
+jar_line() { head -1 "$1" | awk '{print $1, $2}'; }
+
 d=$(median <"$work/up-direct"); b=$(median <"$work/up-berth"); p=$(median <"$work/up-podman" 2>/dev/null || echo -)
 sd=$(median <"$work/mb-direct"); sb=$(median <"$work/mb-berth")
 echo "machine: $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -128,3 +144,8 @@ echo "| 64 MiB each way (median of 3) | ms | MB/s each way |"
 echo "|---|---|---|"
 echo "| direct | $sd | $(awk -v t="$sd" 'BEGIN {printf "%.1f", 67.108864 / (t / 1000)}') |"
 echo "| \`berth agent\` | $sb | $(awk -v t="$sb" 'BEGIN {printf "%.1f", 67.108864 / (t / 1000)}') |"
+echo
+echo "| a second build's 200 jars of 100 KiB (median of 3) | jars sent | ms |"
+echo "|---|---|---|"
+echo "| fresh jar cache (no sharing) | $(jar_line "$work/jars-fresh") | $(jar_ms "$work/jars-fresh") |"
+echo "| the controller's shared jar cache | $(jar_line "$work/jars-shared") | $(jar_ms "$work/jars-shared") |"

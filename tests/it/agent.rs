@@ -334,10 +334,13 @@ fn jar_cache_name(data: &[u8]) -> String {
 fn the_jar_cache_is_shared_by_a_controllers_agents() {
     let b = bed();
     let url = ["--jenkins-url", "http://ci.example:8080/"];
-    let first = b.session(&["jar:plugin-one", "close"], &[url[0], url[1], &b.s.image]);
+    let first = b.session(&["jar:plugin-one", "jars:20:64", "close"], &[url[0], url[1], &b.s.image]);
     assert!(first.line("jar ").starts_with("miss /.berth/agent/jar-cache/"), "{first:#?}");
-    let second = b.session(&["jar:plugin-one", "close"], &[url[0], url[1], &b.s.image]);
+    assert!(first.line("jars ").starts_with(&format!("20 hits=0 bytes={} ", 20 * 64 * 1024)), "{first:#?}");
+    let second = b.session(&["jar:plugin-one", "jars:20:64", "close"], &[url[0], url[1], &b.s.image]);
     assert!(second.line("jar ").starts_with("hit "), "the next agent finds it: {second:#?}");
+    assert!(second.line("jars ").starts_with("20 hits=20 bytes=0 "), "no jar sent again: {second:#?}");
+    eprintln!("jars, first build: {}; second: {}", first.line("jars "), second.line("jars "));
     let other = b.session(&["jar:plugin-one", "close"], &["--jenkins-url", "http://other:8080/", &b.s.image]);
     assert!(other.line("jar ").starts_with("miss "), "another controller, another cache: {other:#?}");
 

@@ -76,7 +76,18 @@ public class Agent {
                     f.echoRest(msg);
                     break;
                 case 'J':
-                    f.send("J" + storeJar(arg));
+                    f.send("J" + storeJar(arg.getBytes(StandardCharsets.UTF_8)));
+                    break;
+                case 'L': {
+                    // Like remoting's JarLoader: is the jar of this SHA-256 cached?
+                    Path p = cachePath(hexBytes(arg));
+                    boolean hit = Files.exists(p);
+                    if (hit) Files.setLastModifiedTime(p, java.nio.file.attribute.FileTime.fromMillis(System.currentTimeMillis()));
+                    f.send(hit ? "Lhit" : "Lmiss");
+                    break;
+                }
+                case 'P':
+                    f.send("P" + storeJar(Arrays.copyOfRange(msg, 1, msg.length)));
                     break;
                 case 'C':
                     f.send("C");
@@ -91,13 +102,21 @@ public class Agent {
 
     // Stores a jar of the given content as remoting's FileSystemJarCache
     // names it (SHA-256 folded into two longs): "hit" when already there.
-    static String storeJar(String content) throws Exception {
-        byte[] data = content.getBytes(StandardCharsets.UTF_8);
-        byte[] d = MessageDigest.getInstance("SHA-256").digest(data);
-        java.nio.ByteBuffer b = java.nio.ByteBuffer.wrap(d);
+    static Path cachePath(byte[] sha256) {
+        java.nio.ByteBuffer b = java.nio.ByteBuffer.wrap(sha256);
         long l0 = b.getLong(), l1 = b.getLong(), l2 = b.getLong(), l3 = b.getLong();
         long sum1 = l0 ^ l2, sum2 = l1 ^ l3;
-        Path p = Paths.get(jarCache, String.format("%02X/%014X%016X.jar", (int) (sum1 >>> 56), sum1 & 0x00FFFFFFFFFFFFFFL, sum2));
+        return Paths.get(jarCache, String.format("%02X/%014X%016X.jar", (int) (sum1 >>> 56), sum1 & 0x00FFFFFFFFFFFFFFL, sum2));
+    }
+
+    static byte[] hexBytes(String hex) {
+        byte[] out = new byte[hex.length() / 2];
+        for (int i = 0; i < out.length; i++) out[i] = (byte) Integer.parseInt(hex.substring(2 * i, 2 * i + 2), 16);
+        return out;
+    }
+
+    static String storeJar(byte[] data) throws Exception {
+        Path p = cachePath(MessageDigest.getInstance("SHA-256").digest(data));
         if (Files.exists(p) && Arrays.equals(Files.readAllBytes(p), data)) {
             Files.setLastModifiedTime(p, java.nio.file.attribute.FileTime.fromMillis(System.currentTimeMillis()));
             return "hit " + p;

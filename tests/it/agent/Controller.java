@@ -56,6 +56,9 @@ public class Controller {
             } else if (a.startsWith("jar:")) {
                 f.send("J" + arg);
                 System.out.println("jar " + str(f.readMessage()).substring(1));
+            } else if (a.startsWith("jars:")) {
+                String[] nk = arg.split(":");
+                jars(f, Integer.parseInt(nk[0]), Integer.parseInt(nk[1]) << 10);
             } else if (a.startsWith("wait:")) {
                 Thread.sleep(Long.parseLong(arg));
             } else if (a.equals("close")) {
@@ -89,6 +92,30 @@ public class Controller {
 
     static String str(byte[] b) {
         return new String(b, StandardCharsets.UTF_8);
+    }
+
+    // What remoting's JarLoader does for n jars of `size` bytes: the agent
+    // looks each checksum up in its jar cache, the controller sends a jar
+    // only on a miss. Prints the hits, the jar bytes sent and the time.
+    static void jars(Frames f, int n, int size) throws Exception {
+        long t = System.nanoTime(), bytes = 0;
+        int hits = 0;
+        for (int i = 0; i < n; i++) {
+            byte[] jar = new byte[size + 1];
+            new Random(i).nextBytes(jar);
+            jar[0] = 'P';
+            MessageDigest md = MessageDigest.getInstance("SHA-256");
+            md.update(jar, 1, size);
+            f.send("L" + Frames.hex(md.digest()));
+            if (str(f.readMessage()).equals("Lhit")) {
+                hits++;
+                continue;
+            }
+            f.sendBytes(jar, 0, jar.length, false);
+            bytes += size;
+            f.readMessage();
+        }
+        System.out.println("jars " + n + " hits=" + hits + " bytes=" + bytes + " ms=" + (System.nanoTime() - t) / 1_000_000);
     }
 
     // n pseudo-random bytes to the agent and back at once.
