@@ -2,8 +2,8 @@
 # `berth agent` benchmark (not a test): time from start to a live remoting
 # channel, and 64 MiB both ways through it, with the stand-in agent jar and
 # controller of tests/it/agent/ (compiled here with javac, never committed):
-#   - direct: the stand-in agent started by the controller on the host's
-#     java (the floor);
+#   - direct: the stand-in agent started by the controller on the same JRE
+#     tree, on the host (the floor);
 #   - berth:  `berth agent` with a busybox build image and a JRE image made
 #     from the host's JDK (jlink'd java.base, its ldd libraries, glibc's
 #     loader), images cached;
@@ -56,7 +56,9 @@ chmod -R a+rX "$work/classes" "$work/agent.jar"
 
 # The JRE image: java.base of the host's JDK, the libraries ldd lists, the loader.
 jre=$work/jre-root
-"$JDK/bin/jlink" --add-modules java.base --strip-debug --no-header-files --no-man-pages --output "$jre/opt/java/openjdk"
+# With a CDS archive, as distribution JREs (Temurin's included) have.
+"$JDK/bin/jlink" --add-modules java.base --strip-debug --no-header-files --no-man-pages --generate-cds-archive \
+  --output "$jre/opt/java/openjdk" >"$work/jlink.log" 2>&1
 mkdir -p "$jre/usr/lib/x86_64-linux-gnu" "$jre/usr/bin" "$jre/lib64"
 ln -s usr/lib "$jre/lib"
 for f in $(ldd "$jre"/opt/java/openjdk/bin/java "$jre"/opt/java/openjdk/lib/*.so "$jre"/opt/java/openjdk/lib/server/libjvm.so 2>/dev/null |
@@ -76,7 +78,8 @@ bb_img=127.0.0.1:$port/bench/busybox:latest
 "${U[@]}" "$B" pull -q --tls-verify=false "$bb_img"
 
 controller() { "$JDK/bin/java" -cp "$work/classes" Controller "$@"; }
-direct=("${U[@]}" "$JDK/bin/java" -jar "$work/agent.jar" -workDir "$work/ws" -jar-cache "$work/ws/jars")
+# The floor: the same JRE and jar on the host, started by its own path.
+direct=("${U[@]}" "$jre/opt/java/openjdk/bin/java" -jar "$work/agent.jar" -workDir "$work/ws" -jar-cache "$work/ws/jars")
 berth=("${U[@]}" "$B" agent --tls-verify=false --agent-image "$jre_img" --agent-jar "$work/agent.jar" "$bb_img")
 podman_cmd=()
 if command -v podman >/dev/null; then
@@ -101,7 +104,7 @@ up() {
 # stream NAME CMD...: 64 MiB each way, ms appended to $work/mb-NAME.
 stream() {
   local name=$1; shift
-  controller echo:64 close -- "$@" 2>"$work/err" | awk '/^echo/ {split($5, a, "="); print a[2]}' >>"$work/mb-$name"
+  controller echo:64 close -- "$@" 2>"$work/err" | awk '/^echo/ {split($6, a, "="); print a[2]}' >>"$work/mb-$name"
 }
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit} m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m}'; }
 
