@@ -38,3 +38,6 @@ pub mod bundle;
 pub mod pod;
 pub mod planner;
 pub mod runtime;
+
+// Stage 4: what runs on top of a pod.
+pub mod agent;

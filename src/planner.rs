@@ -222,6 +222,35 @@ fn check_ids(container: &str, spec: &oci_spec::runtime::Spec, mapping: &IdMappin
 /// cache. Provisioning errors are `Err` (exit 125), the main container's
 /// status is `Ok`.
 pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> {
+    run_pod_adjusted(paths, pod.clone(), s, |_, _| Ok(()))
+}
+
+/// The images of a pod, in the store, and their layers, in the cache.
+pub struct Provisioned {
+    images: HashMap<String, Image>,
+    layers: HashMap<String, Vec<PathBuf>>,
+}
+
+impl Provisioned {
+    pub fn image(&self, reference: &str) -> anyhow::Result<&Image> {
+        self.images.get(reference).with_context(|| format!("image {reference} is not part of the pod"))
+    }
+
+    /// The unpacked layers of `reference`, bottom first.
+    pub fn layers(&self, reference: &str) -> anyhow::Result<&[PathBuf]> {
+        self.layers.get(reference).map(Vec::as_slice).with_context(|| format!("image {reference} is not part of the pod"))
+    }
+}
+
+/// [`run_pod`], with `adjust` changing the pod once its images are there
+/// (the agent sets its command from what it finds in an image); it may not
+/// add images.
+pub fn run_pod_adjusted(
+    paths: &Paths,
+    mut pod: Pod,
+    s: &RunSettings,
+    adjust: impl FnOnce(&mut Pod, &Provisioned) -> anyhow::Result<()>,
+) -> anyhow::Result<u8> {
     ensure_run_root(paths)?;
     let prov = Provision::open(paths, false, s.verbose)?;
     let volume_images = pod.volumes.iter().filter_map(|v| match &v.source {
@@ -257,6 +286,9 @@ pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> 
         layers.insert(r.clone(), dirs);
         lease = lease.join(held);
     }
+    let provisioned = Provisioned { images, layers };
+    adjust(&mut pod, &provisioned)?;
+    let Provisioned { images, layers } = provisioned;
     drop(provisioning);
     let dir = PodDir::create(&paths.run_root, &pod.name)?;
     let mut manifests: Vec<String> = images.values().map(|i| i.record.manifest.to_string()).collect();
@@ -273,7 +305,7 @@ pub fn run_pod(paths: &Paths, pod: &Pod, s: &RunSettings) -> anyhow::Result<u8> 
         grace: pod.grace_seconds.map(Duration::from_secs),
     };
     let status = launch(dir, &shape, s, &prov.mapping, |dir| {
-        image_containers(pod, s, &prov.mapping, &images, &layers, dir)
+        image_containers(&pod, s, &prov.mapping, &images, &layers, dir)
     });
     drop(lease);
     status

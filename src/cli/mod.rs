@@ -16,6 +16,7 @@ use berth::exit;
 use berth::paths::Paths;
 use berth::reexec::Entry;
 
+mod agent;
 mod bundle;
 mod check;
 mod images;
@@ -89,6 +90,9 @@ pub enum Command {
     /// Check a pod file: validate it and print the plan on stdout (pulls and
     /// runs nothing). Exit 0 when valid, 125 with the reason when not.
     Check(check::CheckArgs),
+    /// Run a Jenkins agent (stdio) in a pod, from any build image: the
+    /// command of a node launched "via execution of command on the controller".
+    Agent(Box<agent::AgentArgs>),
     /// List running pods.
     Ps(pods::PsArgs),
     /// Run a command in a running container of a pod.
@@ -151,6 +155,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Bundle(a) => bundle::run(g, a),
         Command::Run(a) => run::run(g, *a),
         Command::Check(a) => check::run(g, a),
+        Command::Agent(a) => agent::run(g, *a),
         Command::Ps(a) => pods::ps(g, a),
         Command::Exec(a) => pods::exec(g, a),
         Command::Logs(a) => pods::logs(g, a),

@@ -145,7 +145,7 @@ pub(super) fn parse_volume_from(s: &str) -> Result<(String, PathBuf), String> {
     }
 }
 
-fn parse_memory(s: &str) -> Result<u64, String> {
+pub(super) fn parse_memory(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::bytes(s) {
         Ok(0) => Err("must be more than 0".into()),
         Ok(b) if i64::try_from(b).is_err() => Err(format!("must be at most {} bytes", i64::MAX)),
@@ -153,7 +153,7 @@ fn parse_memory(s: &str) -> Result<u64, String> {
     }
 }
 
-fn parse_cpus(s: &str) -> Result<u64, String> {
+pub(super) fn parse_cpus(s: &str) -> Result<u64, String> {
     match berth::pod::quantity::millis(s) {
         Ok(0) => Err("must be more than 0".into()),
         Ok(m) if m > planner::MAX_CPU_MILLIS => Err(format!("must be at most {} cores", planner::MAX_CPU_MILLIS / 1000)),

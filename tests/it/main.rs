@@ -9,6 +9,7 @@
 mod common;
 mod hostile;
 
+mod agent;
 mod bundle_runc;
 mod bundle_seccomp;
 mod e2e;
