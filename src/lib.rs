@@ -34,3 +34,5 @@ pub mod bundle;
 pub mod pod;
 pub mod planner;
 pub mod runtime;
+/// The pod's outbound network helper (pasta, slirp4netns).
+pub mod net;

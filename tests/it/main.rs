@@ -12,6 +12,7 @@ mod hostile;
 mod bundle_runc;
 mod bundle_seccomp;
 mod e2e;
+mod network;
 mod pod_files;
 mod pull;
 mod pull_concurrency;

@@ -1,7 +1,36 @@
-//! The pod's network namespace: only loopback, brought up here.
+//! The pod's network namespace, by mode: `none` gets loopback only;
+//! `outbound` gets a namespace served by a network helper ([`crate::net`],
+//! started here, in the host's network namespace, before the pod process
+//! joins the new one); `host` keeps the host's.
 
 use std::io;
+use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
+use std::path::Path;
+
+use crate::net::{self, netns, Helper, NetError, NetOptions};
+use crate::runtime::plan::PodPlan;
+
+/// Moves the pod process into a fresh network namespace pinned at
+/// `dir/netns`, served by a helper started first. Returns the helper and
+/// the address the host is reachable at from the pod.
+pub(super) fn outbound(plan: &PodPlan, dir: &Path) -> Result<(Helper, Option<Ipv4Addr>), NetError> {
+    // Fail with the clear reasons before making anything.
+    net::check_tun()?;
+    net::find()?;
+    let pin = dir.join("netns");
+    let setup = |what: &'static str| move |source: io::Error| NetError::Failed { helper: "berth", message: format!("{what}: {source}") };
+    netns::create(&pin).map_err(setup("making the pod's network namespace"))?;
+    let opts = NetOptions { netns: &pin, ports: &plan.ports, host_loopback: plan.host_loopback, work_dir: dir };
+    let helper = Helper::start(&opts)?;
+    let joined = netns::enter(&pin).and_then(|()| loopback_up());
+    if let Err(e) = joined {
+        helper.stop();
+        return Err(setup("joining the pod's network namespace")(e));
+    }
+    let host = if plan.host_loopback { net::dns::default_gateway() } else { None };
+    Ok((helper, host))
+}
 
 /// Sets `IFF_UP` on `lo` in the current network namespace.
 pub fn loopback_up() -> io::Result<()> {

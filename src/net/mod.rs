@@ -1,0 +1,219 @@
+//! A pod's outbound network: a user-mode network stack (pasta, else
+//! slirp4netns) attached to a network namespace, so a rootless pod can reach
+//! the host and beyond without privileges.
+//!
+//! One job, independent of the pod process so that the VM host can reuse it:
+//! [`netns::create`] pins a fresh network namespace at a file, [`Helper::start`]
+//! attaches pasta or slirp4netns to it, [`Helper::stop`] ends and reaps it.
+//! The helper runs in the caller's network namespace (where the host network
+//! is) and dies with its starter (`PR_SET_PDEATHSIG`); started from the pod
+//! process it is also in the pod's PID namespace, which the kernel empties
+//! when the pod ends. [`dns`] writes the pod's resolv.conf and finds the
+//! address the host is reachable at.
+
+pub mod dns;
+pub mod netns;
+
+mod pasta;
+mod slirp;
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::pod::PortMapping;
+
+/// The name containers reach the host by (podman's).
+pub const HOST_NAME: &str = "host.containers.internal";
+
+/// The tap device every user-mode stack needs.
+const TUN: &str = "/dev/net/tun";
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error(
+        "the outbound network needs pasta or slirp4netns and neither is installed: install Debian's `passt` package \
+         (apt-get install passt), or run with --network none"
+    )]
+    NoHelper,
+    #[error(
+        "cannot open {TUN} ({source}): the outbound network needs it; as root, restore Debian's default mode with \
+         `chmod 0666 {TUN}`, or run with --network none"
+    )]
+    Tun { source: io::Error },
+    #[error("starting {helper}")]
+    Spawn { helper: &'static str, source: io::Error },
+    #[error("{helper} failed to set up the pod network: {message}")]
+    Failed { helper: &'static str, message: String },
+    #[error("{helper} did not set up the pod network within {0:?}", TIMEOUT)]
+    Timeout { helper: &'static str },
+    #[error("publishing ports needs pasta (Debian package `passt`); slirp4netns is installed instead")]
+    PortsNeedPasta,
+}
+
+/// How long a helper may take to configure the namespace.
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which user-mode stack serves the namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Pasta,
+    Slirp4netns,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pasta => "pasta",
+            Kind::Slirp4netns => "slirp4netns",
+        }
+    }
+}
+
+/// What the helper is asked for.
+#[derive(Debug, Clone)]
+pub struct NetOptions<'a> {
+    /// The network namespace, pinned at a file ([`netns::create`]).
+    pub netns: &'a Path,
+    /// Host ports forwarded into the namespace.
+    pub ports: &'a [PortMapping],
+    /// Let the namespace reach the host's loopback through the gateway
+    /// address (`host.containers.internal`).
+    pub host_loopback: bool,
+    /// Where the helper's own log and pid files go.
+    pub work_dir: &'a Path,
+}
+
+/// A running helper, a child of the caller.
+#[derive(Debug)]
+pub struct Helper {
+    kind: Kind,
+    child: Child,
+}
+
+/// pasta, else slirp4netns, from `PATH`.
+pub fn find() -> Result<(Kind, PathBuf), NetError> {
+    for kind in [Kind::Pasta, Kind::Slirp4netns] {
+        if let Some(path) = which(kind.name()) {
+            return Ok((kind, path));
+        }
+    }
+    Err(NetError::NoHelper)
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
+        use std::os::unix::fs::PermissionsExt;
+        fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
+    })
+}
+
+/// Fails where this process cannot open the tap device (Debian's mode is
+/// 0666; some hosts have 0600): the helper would fail the same way, less
+/// clearly.
+pub fn check_tun() -> Result<(), NetError> {
+    fs::OpenOptions::new().read(true).write(true).open(TUN).map(drop).map_err(|source| NetError::Tun { source })
+}
+
+impl Helper {
+    /// Starts the helper found on `PATH` for `opts.netns` and returns once
+    /// the namespace has its interface, address and default route.
+    pub fn start(opts: &NetOptions<'_>) -> Result<Helper, NetError> {
+        check_tun()?;
+        let (kind, path) = find()?;
+        let started = Instant::now();
+        let helper = match kind {
+            Kind::Pasta => pasta::start(&path, opts)?,
+            Kind::Slirp4netns => slirp::start(&path, opts)?,
+        };
+        tracing::debug!("{} (pid {}) ready in {:?}", kind.name(), helper.child.id(), started.elapsed());
+        Ok(helper)
+    }
+
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    pub fn pid(&self) -> Pid {
+        Pid::from_raw(self.child.id() as i32)
+    }
+
+    /// Ends the helper (SIGTERM, SIGKILL after a second) and reaps it. A
+    /// helper already reaped elsewhere (a PID 1 reaping every child) counts
+    /// as stopped.
+    pub fn stop(self) {
+        let pid = self.pid();
+        let _ = kill(pid, Signal::SIGTERM);
+        let end = Instant::now() + Duration::from_secs(1);
+        loop {
+            match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) if Instant::now() < end => std::thread::sleep(Duration::from_millis(2)),
+                Ok(WaitStatus::StillAlive) => {
+                    tracing::debug!("{} ignored SIGTERM: SIGKILL", self.kind.name());
+                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = waitpid(pid, None);
+                    return;
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                _ => return,
+            }
+        }
+    }
+}
+
+/// Waits until `ready` says the helper is set up, failing when it exits
+/// first (with the last line of its log) or takes too long.
+fn wait_ready(kind: Kind, child: &mut Child, log: &Path, mut ready: impl FnMut() -> bool) -> Result<(), NetError> {
+    let helper = kind.name();
+    let end = Instant::now() + TIMEOUT;
+    let mut pause = Duration::from_micros(200);
+    loop {
+        if ready() {
+            return Ok(());
+        }
+        match child.try_wait() {
+            Ok(Some(status)) => {
+                let message = last_log_line(log).unwrap_or_else(|| format!("it exited with {status}"));
+                return Err(NetError::Failed { helper, message });
+            }
+            Ok(None) => {}
+            Err(source) => return Err(NetError::Spawn { helper, source }),
+        }
+        if Instant::now() >= end {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(NetError::Timeout { helper });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+}
+
+/// The last meaningful line a helper wrote (pasta also complains when it
+/// finds no syslog: those lines are skipped).
+fn last_log_line(log: &Path) -> Option<String> {
+    let text = fs::read_to_string(log).ok()?;
+    text.lines().rev().map(str::trim).find(|l| !l.is_empty() && !l.contains("to syslog")).map(String::from)
+}
+
+/// Makes the helper die with the process that starts it (berth or the pod
+/// process being SIGKILLed included).
+fn die_with_parent(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
