@@ -43,10 +43,10 @@ pub enum NetError {
     )]
     NoHelper,
     #[error(
-        "cannot open {TUN} ({source}): the outbound network needs it; as root, restore Debian's default mode with \
+        "cannot open {TUN} ({cause}): the outbound network needs it; as root, restore Debian's default mode with \
          `chmod 0666 {TUN}`, or run with --network none"
     )]
-    Tun { source: io::Error },
+    Tun { cause: io::Error },
     #[error("starting {helper}")]
     Spawn { helper: &'static str, source: io::Error },
     #[error("{helper} failed to set up the pod network: {message}")]
@@ -119,7 +119,7 @@ fn which(name: &str) -> Option<PathBuf> {
 /// 0666; some hosts have 0600): the helper would fail the same way, less
 /// clearly.
 pub fn check_tun() -> Result<(), NetError> {
-    fs::OpenOptions::new().read(true).write(true).open(TUN).map(drop).map_err(|source| NetError::Tun { source })
+    fs::OpenOptions::new().read(true).write(true).open(TUN).map(drop).map_err(|cause| NetError::Tun { cause })
 }
 
 impl Helper {
@@ -204,12 +204,22 @@ fn last_log_line(log: &Path) -> Option<String> {
 }
 
 /// Makes the helper die with the process that starts it (berth or the pod
-/// process being SIGKILLed included).
-fn die_with_parent(cmd: &mut std::process::Command) {
+/// process being SIGKILLed included), and start with no blocked or ignored
+/// signal: a starter that reads signals from a signalfd blocks them, and the
+/// mask and ignored dispositions survive execve (a helper that never sees
+/// SIGTERM costs its starter the stop timeout).
+fn child_setup(cmd: &mut std::process::Command) {
     use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+    // SAFETY: prctl, sigprocmask and signal are async-signal-safe; nothing
+    // else runs in the child.
     unsafe {
         cmd.pre_exec(|| {
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::{die_with_parent, wait_ready, Helper, Kind, NetError, NetOptions};
+use super::{child_setup, wait_ready, Helper, Kind, NetError, NetOptions};
 use crate::pod::PortMapping;
 
 pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetError> {
@@ -18,7 +18,7 @@ pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetErro
     let mut cmd = Command::new(exe);
     cmd.args(args(opts, &pid_file));
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
-    die_with_parent(&mut cmd);
+    child_setup(&mut cmd);
     let mut child = cmd.spawn().map_err(|source| NetError::Spawn { helper, source })?;
     let ready = || fs::metadata(&pid_file).map(|m| m.len() > 0).unwrap_or(false);
     wait_ready(Kind::Pasta, &mut child, &log, ready)?;

@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use super::{die_with_parent, wait_ready, Helper, Kind, NetError, NetOptions};
+use super::{child_setup, wait_ready, Helper, Kind, NetError, NetOptions};
 
 /// Its built-in DNS forwarder.
 pub const DNS: &str = "10.0.2.3";
@@ -29,7 +29,7 @@ pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetErro
     // The write end is the child's fd 3 (dup2 clears close-on-exec).
     cmd.arg("--ready-fd=3").args(["--netns-type=path"]).arg(opts.netns).arg("tap0");
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
-    die_with_parent(&mut cmd);
+    child_setup(&mut cmd);
     let w = write.as_raw_fd();
     {
         use std::os::unix::process::CommandExt;

@@ -227,3 +227,23 @@ fn without_pasta_or_slirp4netns_berth_names_the_package() {
     assert!(line.contains("passt") && line.contains("--network none"), "{line}");
     s.env.run_as_user(&["run", "--network", "none", &s.image, "--", "true"]).ok();
 }
+
+#[test]
+fn slirp4netns_serves_where_pasta_is_missing() {
+    let mut s = setup();
+    let bin = s.env.root.join("slirp-path");
+    std::fs::create_dir_all(&bin).unwrap();
+    for tool in ["newuidmap", "newgidmap", "slirp4netns"] {
+        std::os::unix::fs::symlink(format!("/usr/bin/{tool}"), bin.join(tool)).unwrap();
+    }
+    s.env.vars.push(("PATH".into(), bin.display().to_string()));
+    let port = host_http_server("through slirp4netns\n");
+    let url = format!("http://host.containers.internal:{port}/");
+    let run = s.env.run_as_user(&["run", "--name", "slirp", &s.image, "--", "sh", "-c", &format!("wget -q -O- {url} && cat /etc/resolv.conf")]).ok();
+    assert!(run.stdout.starts_with("through slirp4netns\n"), "{run:?}");
+    assert!(run.stdout.contains("nameserver 10.0.2.3\n"), "{run:?}");
+    assert!(helper_of(&s.env, "slirp").is_empty(), "slirp4netns left after the pod ended");
+    // Port forwarding is pasta's only.
+    let line = s.env.run_as_user(&["run", "-p", "8080:80", &s.image, "--", "true"]).provision_failure();
+    assert!(line.contains("passt"), "{line}");
+}
