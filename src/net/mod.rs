@@ -4,7 +4,9 @@
 //!
 //! One job, independent of the pod process so that the VM host can reuse it:
 //! [`netns::create`] pins a fresh network namespace at a file, [`Helper::start`]
-//! attaches pasta or slirp4netns to it, [`Helper::stop`] ends and reaps it.
+//! attaches pasta or slirp4netns to it (or [`Helper::spawn`], and
+//! [`Helper::wait_ready`] once the caller has done its other work: pasta
+//! takes ~60 ms to start), [`Helper::stop`] ends and reaps it.
 //! The helper runs in the caller's network namespace (where the host network
 //! is) and dies with its starter (`PR_SET_PDEATHSIG`); started from the pod
 //! process it is also in the pod's PID namespace, which the kernel empties
@@ -19,6 +21,7 @@ mod slirp;
 
 use std::fs;
 use std::io;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
@@ -95,6 +98,33 @@ pub struct NetOptions<'a> {
 pub struct Helper {
     kind: Kind,
     child: Child,
+    /// How to tell it is ready; `None` once it is.
+    ready: Option<Ready>,
+    log: PathBuf,
+    started: Instant,
+    host: Option<Ipv4Addr>,
+}
+
+/// The sign a helper gives when the namespace is set up.
+#[derive(Debug)]
+enum Ready {
+    /// pasta writes its pid file.
+    PidFile(PathBuf),
+    /// slirp4netns writes a byte to this (non-blocking) pipe.
+    Pipe(fs::File),
+}
+
+impl Ready {
+    fn check(&mut self) -> bool {
+        match self {
+            Ready::PidFile(p) => fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false),
+            Ready::Pipe(f) => {
+                use std::io::Read;
+                let mut b = [0u8; 1];
+                matches!(f.read(&mut b), Ok(1))
+            }
+        }
+    }
 }
 
 /// pasta, else slirp4netns, from `PATH`.
@@ -126,15 +156,45 @@ impl Helper {
     /// Starts the helper found on `PATH` for `opts.netns` and returns once
     /// the namespace has its interface, address and default route.
     pub fn start(opts: &NetOptions<'_>) -> Result<Helper, NetError> {
+        let mut helper = Helper::spawn(opts)?;
+        helper.wait_ready()?;
+        Ok(helper)
+    }
+
+    /// Starts the helper without waiting for it: the caller does other work
+    /// and calls [`Helper::wait_ready`] before the namespace is used. Call it
+    /// from the network namespace the helper is to serve the pod from (the
+    /// host's).
+    pub fn spawn(opts: &NetOptions<'_>) -> Result<Helper, NetError> {
         check_tun()?;
         let (kind, path) = find()?;
         let started = Instant::now();
-        let helper = match kind {
-            Kind::Pasta => pasta::start(&path, opts)?,
-            Kind::Slirp4netns => slirp::start(&path, opts)?,
+        let (child, ready, log) = match kind {
+            Kind::Pasta => pasta::spawn(&path, opts)?,
+            Kind::Slirp4netns => slirp::spawn(&path, opts)?,
         };
-        tracing::debug!("{} (pid {}) ready in {:?}", kind.name(), helper.child.id(), started.elapsed());
-        Ok(helper)
+        let host = match kind {
+            _ if !opts.host_loopback => None,
+            // pasta copies the host's addresses and routes into the namespace.
+            Kind::Pasta => dns::default_gateway(),
+            Kind::Slirp4netns => Some(slirp::GATEWAY),
+        };
+        Ok(Helper { kind, child, ready: Some(ready), log, started, host })
+    }
+
+    /// Waits until the helper has set up the namespace (at once when it
+    /// has already).
+    pub fn wait_ready(&mut self) -> Result<(), NetError> {
+        let Some(mut ready) = self.ready.take() else { return Ok(()) };
+        wait_ready(self.kind, &mut self.child, &self.log, || ready.check())?;
+        tracing::debug!("{} (pid {}) ready {:?} after its start", self.kind.name(), self.child.id(), self.started.elapsed());
+        Ok(())
+    }
+
+    /// The address the host's loopback is reachable at from the namespace
+    /// (`host.containers.internal`), where it is.
+    pub fn host_address(&self) -> Option<Ipv4Addr> {
+        self.host
     }
 
     pub fn kind(&self) -> Kind {
@@ -225,5 +285,44 @@ fn child_setup(cmd: &mut std::process::Command) {
             }
             Ok(())
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::{SigSet, SigmaskHow};
+
+    fn status_field(pid: u32, field: &str) -> u64 {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with(field)).unwrap();
+        u64::from_str_radix(line[field.len()..].trim(), 16).unwrap()
+    }
+
+    #[test]
+    fn a_helper_starts_with_no_blocked_or_ignored_signal() {
+        // A starter like the pod process: SIGTERM blocked, SIGPIPE ignored
+        // (Rust's default), in this thread.
+        let mut term = SigSet::empty();
+        term.add(Signal::SIGTERM);
+        let mut old = SigSet::empty();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&term), Some(&mut old)).unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("30");
+        child_setup(&mut cmd);
+        let child = cmd.spawn().unwrap();
+        nix::sys::signal::pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None).unwrap();
+        // The mask is set before exec; wait until the child runs sleep.
+        let end = Instant::now() + Duration::from_secs(5);
+        while fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap_or_default().trim() != "sleep" && Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (blocked, ignored) = (status_field(child.id(), "SigBlk:"), status_field(child.id(), "SigIgn:"));
+        let helper = Helper { kind: Kind::Pasta, child, ready: None, log: PathBuf::new(), started: Instant::now(), host: None };
+        let started = Instant::now();
+        helper.stop();
+        assert_eq!(blocked, 0, "blocked signals {blocked:x}");
+        assert_eq!(ignored & (1 << (libc::SIGPIPE - 1)), 0, "SIGPIPE ignored");
+        assert!(started.elapsed() < Duration::from_millis(900), "SIGTERM did not end it: {:?}", started.elapsed());
     }
 }

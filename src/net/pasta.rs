@@ -4,13 +4,13 @@
 //! that it is ready.
 
 use std::fs;
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
-use super::{child_setup, wait_ready, Helper, Kind, NetError, NetOptions};
+use super::{child_setup, Kind, NetError, NetOptions, Ready};
 use crate::pod::PortMapping;
 
-pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetError> {
+pub(super) fn spawn(exe: &Path, opts: &NetOptions<'_>) -> Result<(Child, Ready, PathBuf), NetError> {
     let helper = Kind::Pasta.name();
     let (log, pid_file) = (opts.work_dir.join("pasta.log"), opts.work_dir.join("pasta.pid"));
     let _ = fs::remove_file(&pid_file);
@@ -19,10 +19,8 @@ pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetErro
     cmd.args(args(opts, &pid_file));
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
     child_setup(&mut cmd);
-    let mut child = cmd.spawn().map_err(|source| NetError::Spawn { helper, source })?;
-    let ready = || fs::metadata(&pid_file).map(|m| m.len() > 0).unwrap_or(false);
-    wait_ready(Kind::Pasta, &mut child, &log, ready)?;
-    Ok(Helper { kind: Kind::Pasta, child })
+    let child = cmd.spawn().map_err(|source| NetError::Spawn { helper, source })?;
+    Ok((child, Ready::PidFile(pid_file), log))
 }
 
 /// pasta's command line: configure the namespace, forward only the

@@ -2,17 +2,18 @@
 //! namespace (10.0.2.100, gateway 10.0.2.2 = the host's loopback unless
 //! disabled, DNS forwarder 10.0.2.3) and says so on its ready fd.
 
-use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 
-use super::{child_setup, wait_ready, Helper, Kind, NetError, NetOptions};
+use super::{child_setup, Kind, NetError, NetOptions, Ready};
 
 /// Its built-in DNS forwarder.
 pub const DNS: &str = "10.0.2.3";
+/// Its gateway, the host's loopback unless disabled.
+pub const GATEWAY: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 0, 2, 2);
 
-pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetError> {
+pub(super) fn spawn(exe: &Path, opts: &NetOptions<'_>) -> Result<(Child, Ready, PathBuf), NetError> {
     let helper = Kind::Slirp4netns.name();
     if !opts.ports.is_empty() {
         return Err(NetError::PortsNeedPasta);
@@ -44,14 +45,8 @@ pub(super) fn start(exe: &Path, opts: &NetOptions<'_>) -> Result<Helper, NetErro
             });
         }
     }
-    let mut child = cmd.spawn().map_err(spawn_err)?;
+    let child = cmd.spawn().map_err(spawn_err)?;
     drop(write);
     nix::fcntl::fcntl(read.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK)).map_err(|e| spawn_err(e.into()))?;
-    let mut pipe = std::fs::File::from(read);
-    let ready = || {
-        let mut b = [0u8; 1];
-        matches!(pipe.read(&mut b), Ok(1))
-    };
-    wait_ready(Kind::Slirp4netns, &mut child, &log, ready)?;
-    Ok(Helper { kind: Kind::Slirp4netns, child })
+    Ok((child, Ready::Pipe(std::fs::File::from(read)), log))
 }

@@ -4,7 +4,6 @@
 //! joins the new one); `host` keeps the host's.
 
 use std::io;
-use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
@@ -12,9 +11,10 @@ use crate::net::{self, netns, Helper, NetError, NetOptions};
 use crate::runtime::plan::PodPlan;
 
 /// Moves the pod process into a fresh network namespace pinned at
-/// `dir/netns`, served by a helper started first. Returns the helper and
-/// the address the host is reachable at from the pod.
-pub(super) fn outbound(plan: &PodPlan, dir: &Path) -> Result<(Helper, Option<Ipv4Addr>), NetError> {
+/// `dir/netns`, served by a helper started first. The helper sets the
+/// namespace up while the pod prepares its bundles: call
+/// [`Helper::wait_ready`] before a container starts.
+pub(super) fn outbound(plan: &PodPlan, dir: &Path) -> Result<Helper, NetError> {
     // Fail with the clear reasons before making anything.
     net::check_tun()?;
     net::find()?;
@@ -22,14 +22,13 @@ pub(super) fn outbound(plan: &PodPlan, dir: &Path) -> Result<(Helper, Option<Ipv
     let setup = |what: &'static str| move |source: io::Error| NetError::Failed { helper: "berth", message: format!("{what}: {source}") };
     netns::create(&pin).map_err(setup("making the pod's network namespace"))?;
     let opts = NetOptions { netns: &pin, ports: &plan.ports, host_loopback: plan.host_loopback, work_dir: dir };
-    let helper = Helper::start(&opts)?;
+    let helper = Helper::spawn(&opts)?;
     let joined = netns::enter(&pin).and_then(|()| loopback_up());
     if let Err(e) = joined {
         helper.stop();
         return Err(setup("joining the pod's network namespace")(e));
     }
-    let host = if plan.host_loopback { net::dns::default_gateway() } else { None };
-    Ok((helper, host))
+    Ok(helper)
 }
 
 /// Sets `IFF_UP` on `lo` in the current network namespace.

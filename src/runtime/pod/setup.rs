@@ -58,9 +58,9 @@ impl Pod {
                 super::net::loopback_up().map_err(|source| PodError::Setup { what: "bringing up lo", source })?;
             }
             Network::Outbound => {
-                let (helper, host) = super::net::outbound(&self.plan, &self.dir.dir)?;
+                let helper = super::net::outbound(&self.plan, &self.dir.dir)?;
+                host_address = helper.host_address();
                 self.net = Some(helper);
-                host_address = host;
             }
             Network::Host => {}
         }

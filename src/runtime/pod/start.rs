@@ -59,6 +59,10 @@ impl Pod {
             container::write_bundle(&b, &spec).map_err(|source| ContainerError::Io { name: c.name.clone(), source })?;
             bundles.push(b);
         }
+        // The network helper set the namespace up meanwhile.
+        if let Some(helper) = &mut self.net {
+            helper.wait_ready()?;
+        }
 
         for (i, bundle) in bundles.iter().enumerate() {
             if self.members[i].role != Role::Init {
