@@ -56,6 +56,8 @@ pub enum NetError {
     Failed { helper: &'static str, message: String },
     #[error("{helper} did not set up the pod network within {0:?}", TIMEOUT)]
     Timeout { helper: &'static str },
+    #[error("{what}")]
+    Namespace { what: &'static str, source: io::Error },
     #[error("publishing ports needs pasta (Debian package `passt`); slirp4netns is installed instead")]
     PortsNeedPasta,
 }

@@ -61,7 +61,9 @@ podman_pasta_ok=1
 as_user "${podman_as[@]}" run --rm --network pasta "$img" true >/dev/null 2>"$work/podman-pasta.err" || podman_pasta_ok=0
 [ $podman_pasta_ok = 1 ] || log "podman --network pasta fails here: $(tail -1 "$work/podman-pasta.err"); measuring pasta --config-net directly"
 
-for i in 1; do # one pass, N downloads each
+# Interleaved, one of each per round, so background load hits all alike.
+rounds=$N; N=1
+for i in $(seq "$rounds"); do
   mbs "$work/t-host" as_user sh -c "$(download "$url_host")"
   mbs "$work/t-berth-pasta" as_user "$B" run "$img" -- sh -c "$(download "$url_berth")"
   mbs "$work/t-berth-slirp" as_user env PATH="$work/slirp-path" "$B" run "$img" -- sh -c "$(download "$url_berth")"
@@ -73,6 +75,7 @@ for i in 1; do # one pass, N downloads each
   mbs "$work/t-podman-slirp" as_user "${podman_as[@]}" run --rm --network slirp4netns:allow_host_loopback=true "$img" \
     sh -c "$(download "http://10.0.2.2:$http_port/big")"
 done
+N=$rounds
 
 # Set-up cost: `true` with the outbound network vs none, interleaved.
 ms() { local t0 t1; t0=$(date +%s%N); "$@" >/dev/null 2>"$work/err" </dev/null || { log "failed: $*"; tail -3 "$work/err" >&2; exit 1; }; t1=$(date +%s%N); awk -v ns=$((t1 - t0)) 'BEGIN { printf "%.1f\n", ns / 1e6 }'; }

@@ -19,7 +19,7 @@ pub(super) fn outbound(plan: &PodPlan, dir: &Path) -> Result<Helper, NetError> {
     net::check_tun()?;
     net::find()?;
     let pin = dir.join("netns");
-    let setup = |what: &'static str| move |source: io::Error| NetError::Failed { helper: "berth", message: format!("{what}: {source}") };
+    let setup = |what: &'static str| move |source: io::Error| NetError::Namespace { what, source };
     netns::create(&pin).map_err(setup("making the pod's network namespace"))?;
     let opts = NetOptions { netns: &pin, ports: &plan.ports, host_loopback: plan.host_loopback, work_dir: dir };
     let helper = Helper::spawn(&opts)?;
