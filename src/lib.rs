@@ -38,6 +38,8 @@ pub mod bundle;
 pub mod pod;
 pub mod planner;
 pub mod runtime;
+/// The pod's outbound network helper (pasta, slirp4netns).
+pub mod net;
 
 // Stage 4: what runs on top of a pod.
 pub mod agent;

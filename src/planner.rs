@@ -60,6 +60,12 @@ pub struct RunSettings {
     pub fetch: Fetch,
     /// berth's `-v` count, for the processes it re-executes.
     pub verbose: u8,
+    /// Pass berth's proxy variables (`HTTP_PROXY`, ...) to the containers
+    /// where neither the image nor the pod sets them.
+    pub http_proxy: bool,
+    /// The outbound network reaches the host's loopback as
+    /// `host.containers.internal`.
+    pub host_loopback: bool,
 }
 
 impl Default for RunSettings {
@@ -74,6 +80,8 @@ impl Default for RunSettings {
             pids_limit: None,
             fetch: Fetch::default(),
             verbose: 0,
+            http_proxy: true,
+            host_loopback: true,
         }
     }
 }
@@ -86,6 +94,8 @@ pub struct PodOverrides {
     /// Which container is the main one.
     pub main: Option<String>,
     pub network: Option<pod::Network>,
+    /// Host ports forwarded to the main container (`-p`).
+    pub ports: Vec<pod::PortMapping>,
     /// Limits of the main container.
     pub memory_bytes: Option<u64>,
     pub cpu_millis: Option<u64>,
@@ -150,6 +160,10 @@ pub fn pod_from_image(a: &pod::shorthand::ShorthandArgs, o: &PodOverrides) -> an
 }
 
 fn finish(mut pod: Pod, o: &PodOverrides) -> anyhow::Result<Pod> {
+    if !o.ports.is_empty() {
+        let main = pod.main_container_mut().context("the pod has no main container")?;
+        main.host_ports.extend(o.ports.iter().cloned());
+    }
     if o.memory_bytes.is_some() || o.cpu_millis.is_some() {
         let main = pod.main_container_mut().context("the pod has no main container")?;
         main.limits.memory_bytes = o.memory_bytes.or(main.limits.memory_bytes);
@@ -301,6 +315,7 @@ pub fn run_pod_adjusted(
     let shape = PodShape {
         name: pod.name.clone(),
         network: pod.network,
+        ports: pod.published_ports().cloned().collect(),
         share_pid: pod.share_process_namespace,
         grace: pod.grace_seconds.map(Duration::from_secs),
     };
@@ -316,6 +331,8 @@ pub fn run_pod_adjusted(
 pub struct BundlePod {
     pub name: Option<String>,
     pub network: pod::Network,
+    /// Host ports forwarded into the pod.
+    pub ports: Vec<pod::PortMapping>,
     /// Init containers (run in order), then sidecars, then the main one.
     pub containers: Vec<BundleContainer>,
 }
@@ -345,7 +362,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
         None => pod::shorthand::generated_name(),
     };
     let dir = PodDir::create(&paths.run_root, &name)?;
-    let shape = PodShape { name, network: b.network, share_pid: false, grace: None };
+    let shape = PodShape { name, network: b.network, ports: b.ports.clone(), share_pid: false, grace: None };
     let containers = b
         .containers
         .iter()
@@ -375,6 +392,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
 struct PodShape {
     name: String,
     network: pod::Network,
+    ports: Vec<pod::PortMapping>,
     share_pid: bool,
     /// The pod's own grace period (its file's), if any.
     grace: Option<Duration>,
@@ -398,6 +416,8 @@ fn launch(
             workspace: workspace.clone(),
             workspace_path: s.workspace_path.clone(),
             network: shape.network,
+            ports: shape.ports.clone(),
+            host_loopback: s.host_loopback,
             share_pid: shape.share_pid,
             extra_hosts: Vec::new(),
             // Grace given explicitly wins over the pod file's.
@@ -481,6 +501,7 @@ fn image_containers(
     }
 
     let single_id = !mapping.is_full();
+    let proxy = if s.http_proxy { proxy_env(std::env::vars(), pod.network) } else { Vec::new() };
     let mut containers = Vec::new();
     for (c, role) in roles(pod) {
         let image = &images[&c.image];
@@ -490,7 +511,12 @@ fn image_containers(
         // Only the main container gets a terminal (the pod file parser
         // warns about the others).
         let tty = role == Role::Main && c.tty;
-        let settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty);
+        let mut settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty);
+        let image_env = image.config.config().as_ref().and_then(|cfg| cfg.env().clone()).unwrap_or_default();
+        let set = |k: &str| c.env.iter().any(|(ck, _)| ck == k) || image_env.iter().any(|e| e.split_once('=').is_some_and(|(ik, _)| ik == k));
+        for (k, v) in proxy.iter().filter(|(k, _)| !set(k)) {
+            settings = settings.env(k.clone(), v.clone());
+        }
         let spec = bundle::runtime_spec(&image.config, &user_db_root(lowers), &settings)
             .with_context(|| format!("container {}", c.name))?;
         check_ids(&c.name, &spec, mapping)?;
@@ -634,6 +660,30 @@ fn tree_source(mode: RootfsMode, lowers: &[PathBuf], rw: &Path) -> anyhow::Resul
     Ok(RootfsSource::Overlay { lowers, upper, work, fallback: mode == RootfsMode::Auto })
 }
 
+/// The proxy variables podman passes (both spellings), from `vars`. On the
+/// outbound network a proxy on the host's loopback is reached through
+/// `host.containers.internal`: `localhost` and `127.0.0.1` are rewritten.
+fn proxy_env(vars: impl Iterator<Item = (String, String)>, network: pod::Network) -> Vec<(String, String)> {
+    const NAMES: [&str; 4] = ["HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY"];
+    vars.filter(|(k, _)| NAMES.contains(&k.to_ascii_uppercase().as_str()))
+        .map(|(k, v)| {
+            if network != pod::Network::Outbound || k.eq_ignore_ascii_case("NO_PROXY") {
+                return (k, v);
+            }
+            let host = crate::net::HOST_NAME;
+            let mut v = ["localhost", "127.0.0.1"].iter().fold(v, |v, lo| {
+                v.replace(&format!("://{lo}:"), &format!("://{host}:")).replace(&format!("://{lo}/"), &format!("://{host}/"))
+            });
+            for lo in ["localhost", "127.0.0.1"] {
+                if let Some(scheme) = v.strip_suffix(&format!("://{lo}")) {
+                    v = format!("{scheme}://{host}");
+                }
+            }
+            (k, v)
+        })
+        .collect()
+}
+
 /// The container's settings on top of its image's config.
 fn settings_for(c: &Container, pod: &str, network: pod::Network, single_id: bool) -> anyhow::Result<ContainerSettings> {
     let mut s = ContainerSettings::new(pod)
@@ -677,4 +727,21 @@ fn user_db_root(lowers: &[PathBuf]) -> PathBuf {
         }
     }
     lowers.last().cloned().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proxy_variables_are_picked_and_host_loopback_rewritten() {
+        let vars = [("HTTP_PROXY", "http://127.0.0.1:3128"), ("https_proxy", "http://localhost"), ("NO_PROXY", "localhost"), ("PATH", "/bin")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        let got = proxy_env(vars.clone().into_iter(), pod::Network::Outbound);
+        let want = [("HTTP_PROXY", "http://host.containers.internal:3128"), ("https_proxy", "http://host.containers.internal"), ("NO_PROXY", "localhost")]
+            .map(|(k, v)| (k.to_string(), v.to_string()));
+        assert_eq!(got, want);
+        let host = proxy_env(vars.into_iter(), pod::Network::Host);
+        assert_eq!(host[0].1, "http://127.0.0.1:3128", "the host's loopback is the pod's there");
+    }
 }

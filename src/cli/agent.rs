@@ -100,6 +100,18 @@ pub struct AgentArgs {
     /// Verify registry (and agent.jar) TLS certificates.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub tls_verify: bool,
+    /// Forward a host port to a port in the pod, [HOSTIP:]HOSTPORT:PORT
+    /// (repeatable; outbound network only).
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT")]
+    pub publish: Vec<berth::pod::PortMapping>,
+    /// Pass berth's HTTP_PROXY, HTTPS_PROXY, FTP_PROXY and NO_PROXY (either
+    /// case) to the containers, unless the image or pod sets them.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub http_proxy: bool,
+    /// Let the outbound network reach the host's loopback services as
+    /// host.containers.internal.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub host_loopback: bool,
     /// Map a pod file's secret, configMap or projected volume NAME to a
     /// host file or directory (read-only; repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = super::run::parse_volume_from, requires = "pod")]
@@ -124,6 +136,7 @@ pub fn run(g: &Global, a: AgentArgs) -> anyhow::Result<u8> {
         env: a.env.clone(),
         workdir: Some(a.workspace_path.clone()),
         volume_from: a.volume_from.clone(),
+        ports: a.publish.clone(),
     };
     let pod = match &a.pod {
         Some(file) => planner::pod_from_file(file, &overrides)?,
@@ -154,6 +167,8 @@ pub fn run(g: &Global, a: AgentArgs) -> anyhow::Result<u8> {
         pids_limit: a.pids_limit,
         fetch: Fetch { platform: a.platform.clone(), tls_verify: a.tls_verify, quiet: false },
         verbose: g.verbose,
+        http_proxy: a.http_proxy,
+        host_loopback: a.host_loopback,
     };
     let agent = AgentSettings {
         agent_image: a.agent_image.clone(),

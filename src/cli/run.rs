@@ -21,7 +21,10 @@ Examples:
       one container; its stdin and stdout are berth's own
   berth run --sidecar db=postgres:16 maven:3-eclipse-temurin-17 -- mvn -B verify
       the build reaches the database as db:5432 (every container name and the
-      pod name resolve to 127.0.0.1 in the pod's private network)
+      pod name resolve to 127.0.0.1 in the pod's own network), and the
+      internet and the host (host.containers.internal) through pasta
+  berth run -p 127.0.0.1:8080:80 IMAGE -- httpd -f -p 80
+      the host's 127.0.0.1:8080 reaches port 80 in the pod
   berth run --pod bundles/demo.yaml
       a Kubernetes Pod file: init containers run first, readiness probes gate
       the main container (the first of spec.containers, or --main NAME)
@@ -81,10 +84,24 @@ pub struct RunArgs {
     /// Keep the workspace and state after the pod ends (until `berth rm NAME`).
     #[arg(long)]
     pub keep: bool,
-    /// The pod's network: `private` (its own namespace, loopback only) or
-    /// `host` [default: the pod file's hostNetwork, else private].
+    /// The pod's network: `outbound` (its own namespace with outbound access
+    /// through pasta or slirp4netns; the host is `host.containers.internal`),
+    /// `none` (its own namespace, loopback only; `private` is the old name) or
+    /// `host` [default: the pod file's hostNetwork, else outbound].
     #[arg(long, value_enum, value_name = "MODE")]
     pub network: Option<pod::Network>,
+    /// Forward a host port to a port in the pod, [HOSTIP:]HOSTPORT:PORT
+    /// (repeatable; outbound network only).
+    #[arg(short = 'p', long = "publish", value_name = "[HOSTIP:]HOSTPORT:PORT")]
+    pub publish: Vec<pod::PortMapping>,
+    /// Pass berth's HTTP_PROXY, HTTPS_PROXY, FTP_PROXY and NO_PROXY (either
+    /// case) to the containers, unless the image or pod sets them.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub http_proxy: bool,
+    /// Let the outbound network reach the host's loopback services as
+    /// host.containers.internal.
+    #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
+    pub host_loopback: bool,
     /// Memory limit of the main container, a Kubernetes quantity (512Mi,
     /// 2Gi) [default: the pod file's resources.limits.memory].
     #[arg(long, value_name = "QUANTITY", value_parser = parse_memory)]
@@ -173,6 +190,8 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         pids_limit: a.pids_limit,
         fetch: Fetch { platform: a.platform.clone(), tls_verify: a.tls_verify, quiet: false },
         verbose: g.verbose,
+        http_proxy: a.http_proxy,
+        host_loopback: a.host_loopback,
     };
     if let Some(main) = &a.bundle {
         return planner::run_bundles(&paths, &bundle_pod(&a, main)?, &settings);
@@ -181,6 +200,7 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         name: a.name.clone(),
         main: a.main.clone(),
         network: a.network,
+        ports: a.publish.clone(),
         memory_bytes: a.memory,
         cpu_millis: a.cpus,
         env: a.env.clone(),
@@ -267,5 +287,5 @@ fn bundle_pod(a: &RunArgs, main: &std::path::Path) -> anyhow::Result<BundlePod> 
     }
     let command = (!a.command.is_empty()).then(|| a.command.clone());
     containers.push(container("main".into(), Role::Main, main.to_path_buf(), command));
-    Ok(BundlePod { name: a.name.clone(), network: a.network.unwrap_or_default(), containers })
+    Ok(BundlePod { name: a.name.clone(), network: a.network.unwrap_or_default(), ports: a.publish.clone(), containers })
 }

@@ -44,11 +44,62 @@ pub struct Pod {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Network {
-    /// A private network namespace with loopback only.
+    /// A private network namespace with outbound access through a user-mode
+    /// network stack (pasta, else slirp4netns) started for the pod.
     #[default]
-    Private,
+    Outbound,
+    /// A private network namespace with loopback only (`private` is the
+    /// older name).
+    #[serde(alias = "private")]
+    #[value(alias = "private")]
+    None,
     /// The host's network namespace.
     Host,
+}
+
+/// A host port forwarded to a port in the pod: `[HOSTIP:]HOSTPORT:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PortMapping {
+    /// Host address to listen on; `None`: all of them.
+    pub host_ip: Option<std::net::IpAddr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+impl FromStr for PortMapping {
+    type Err = String;
+
+    /// `PORT`, `HOSTPORT:PORT` or `HOSTIP:HOSTPORT:PORT` (IPv6 in brackets).
+    fn from_str(s: &str) -> Result<PortMapping, String> {
+        let bad = || format!("invalid port mapping {s:?}: expected [HOSTIP:]HOSTPORT:PORT");
+        let port = |p: &str| p.parse::<u16>().ok().filter(|&n| n > 0).ok_or_else(bad);
+        let (rest, container_port) = match s.rsplit_once(':') {
+            Some((rest, p)) => (Some(rest), port(p)?),
+            None => (None, port(s)?),
+        };
+        let (host_ip, host_port) = match rest {
+            None => (None, container_port),
+            Some(rest) => match rest.rsplit_once(':') {
+                None => (None, port(rest)?),
+                Some((ip, hp)) => {
+                    let ip = ip.strip_prefix('[').and_then(|i| i.strip_suffix(']')).unwrap_or(ip);
+                    (Some(ip.parse().map_err(|_| bad())?), port(hp)?)
+                }
+            },
+        };
+        Ok(PortMapping { host_ip, host_port, container_port })
+    }
+}
+
+impl fmt::Display for PortMapping {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.host_ip {
+            Some(std::net::IpAddr::V6(ip)) => write!(f, "[{ip}]:")?,
+            Some(ip) => write!(f, "{ip}:")?,
+            None => {}
+        }
+        write!(f, "{}:{}", self.host_port, self.container_port)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -66,6 +117,10 @@ pub struct Container {
     pub working_dir: Option<String>,
     pub volume_mounts: Vec<VolumeMount>,
     pub ports: Vec<u16>,
+    /// Host ports forwarded to this container's ports (`hostPort`, `-p`
+    /// for the main container). The pod's network is shared, so they are
+    /// the pod's: see [`Pod::published_ports`].
+    pub host_ports: Vec<PortMapping>,
     pub limits: Limits,
     pub run_as_user: Option<u32>,
     pub run_as_group: Option<u32>,
@@ -204,9 +259,10 @@ impl FromStr for Network {
 
     fn from_str(s: &str) -> Result<Network, String> {
         match s {
-            "private" => Ok(Network::Private),
+            "outbound" => Ok(Network::Outbound),
+            "none" | "private" => Ok(Network::None),
             "host" => Ok(Network::Host),
-            _ => Err(format!("invalid network {s:?}: expected \"private\" or \"host\"")),
+            _ => Err(format!("invalid network {s:?}: expected \"outbound\", \"none\" or \"host\"")),
         }
     }
 }
@@ -214,7 +270,8 @@ impl FromStr for Network {
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Network::Private => "private",
+            Network::Outbound => "outbound",
+            Network::None => "none",
             Network::Host => "host",
         })
     }
@@ -310,8 +367,26 @@ impl Pod {
                 return Err(InvalidPod::new(format!("{path}.name"), format!("container name {:?} is used twice", c.name)));
             }
             validate_container(c, init, &path, &volume_names)?;
+            if !c.host_ports.is_empty() && self.network != Network::Outbound {
+                let why = match self.network {
+                    Network::Host => "with the host's network the container's ports are the host's already",
+                    _ => "published ports need the outbound network (--network outbound)",
+                };
+                return Err(InvalidPod::new(format!("{path}.ports"), format!("container {:?} publishes a host port: {why}", c.name)));
+            }
+        }
+        let mut host_ports = HashSet::new();
+        for m in self.published_ports() {
+            if !host_ports.insert((m.host_ip, m.host_port)) {
+                return Err(InvalidPod::new("spec.containers", format!("host port {} is published twice", m.host_port)));
+            }
         }
         Ok(())
+    }
+
+    /// Every host port forwarded into the pod.
+    pub fn published_ports(&self) -> impl Iterator<Item = &PortMapping> {
+        self.init_containers.iter().chain(&self.containers).flat_map(|c| &c.host_ports)
     }
 }
 
@@ -465,7 +540,7 @@ mod tests {
             main: 0,
             volumes: vec![Volume { name: "ws".into(), source: VolumeSource::EmptyDir }],
             share_process_namespace: false,
-            network: Network::Private,
+            network: Network::None,
             grace_seconds: None,
         }
     }
@@ -588,7 +663,28 @@ mod tests {
     #[test]
     fn network_parses() {
         assert_eq!("host".parse(), Ok(Network::Host));
-        assert_eq!("private".parse(), Ok(Network::Private));
+        assert_eq!("private".parse(), Ok(Network::None));
+        assert_eq!("none".parse(), Ok(Network::None));
+        assert_eq!("outbound".parse(), Ok(Network::Outbound));
+        assert_eq!(Network::default(), Network::Outbound);
+        let v: Network = serde_json::from_str("\"private\"").unwrap();
+        assert_eq!(v, Network::None);
+        assert_eq!(<Network as clap::ValueEnum>::from_str("private", false), Ok(Network::None));
         assert!("bridge".parse::<Network>().is_err());
+    }
+
+    #[test]
+    fn port_mappings_parse() {
+        let m = |s: &str| s.parse::<PortMapping>();
+        let pm = |ip: Option<&str>, h, c| PortMapping { host_ip: ip.map(|i| i.parse().unwrap()), host_port: h, container_port: c };
+        assert_eq!(m("8080"), Ok(pm(None, 8080, 8080)));
+        assert_eq!(m("8080:80"), Ok(pm(None, 8080, 80)));
+        assert_eq!(m("127.0.0.1:8080:80"), Ok(pm(Some("127.0.0.1"), 8080, 80)));
+        assert_eq!(m("[::1]:8080:80"), Ok(pm(Some("::1"), 8080, 80)));
+        for bad in ["", ":", "0:80", "80:0", "x:80", "65536:80", "1.2.3:80:80", "a:b:c:d", "8080:80:"] {
+            assert!(m(bad).is_err(), "{bad}");
+        }
+        assert_eq!(pm(Some("::1"), 1, 2).to_string(), "[::1]:1:2");
+        assert_eq!(m("127.0.0.1:8080:80").unwrap().to_string(), "127.0.0.1:8080:80");
     }
 }

@@ -222,7 +222,7 @@ mod tests {
         assert_eq!(c.image, "localhost:5000/berth/busybox:latest");
         assert_eq!(c.command, None);
         assert_eq!(c.args.as_deref(), Some(&["sh".to_string(), "-c".into(), "exit 3".into()][..]));
-        assert_eq!(p.network, Network::Private);
+        assert_eq!(p.network, Network::Outbound);
 
         let p = from_args_with_env(&args("busybox"), no_env).unwrap();
         assert_eq!(p.containers[0].args, None);

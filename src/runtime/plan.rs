@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::pod;
-pub use crate::pod::{Limits, Network, Probe, ProbeAction};
+pub use crate::pod::{Limits, Network, PortMapping, Probe, ProbeAction};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PodPlan {
@@ -28,6 +28,13 @@ pub struct PodPlan {
     /// Where the workspace appears in the containers (absolute).
     pub workspace_path: String,
     pub network: Network,
+    /// Host ports forwarded into the pod (outbound network only).
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+    /// The outbound network reaches the host's loopback as
+    /// `host.containers.internal`.
+    #[serde(default = "yes")]
+    pub host_loopback: bool,
     /// All containers share the pod's PID namespace.
     pub share_pid: bool,
     /// Extra `/etc/hosts` entries: (address, names).
@@ -45,6 +52,10 @@ pub struct PodPlan {
     /// containers bind-mount them (read-only) through their `mounts`.
     #[serde(default)]
     pub image_volumes: Vec<ImageVolume>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// An image's file tree as a volume: prepared at `path` from `tree` the way
@@ -147,6 +158,8 @@ pub enum PlanError {
     WorkspacePath(String),
     #[error("container {0:?} asks for a terminal: only the main container can have one")]
     Tty(String),
+    #[error("published ports need the outbound network, not {0}")]
+    Ports(Network),
 }
 
 impl PodPlan {
@@ -177,6 +190,9 @@ impl PodPlan {
         let mains = self.containers.iter().filter(|c| c.role == Role::Main).count();
         if mains != 1 {
             return Err(PlanError::Main(mains));
+        }
+        if !self.ports.is_empty() && self.network != Network::Outbound {
+            return Err(PlanError::Ports(self.network));
         }
         Ok(())
     }
@@ -221,7 +237,9 @@ mod tests {
             containers: cs,
             workspace: "/w".into(),
             workspace_path: "/workspace".into(),
-            network: Network::Private,
+            network: Network::None,
+            ports: vec![],
+            host_loopback: true,
             share_pid: false,
             extra_hosts: vec![],
             grace: Duration::from_secs(5),
@@ -229,6 +247,15 @@ mod tests {
             image_volumes: vec![],
             pids_limit: None,
         }
+    }
+
+    #[test]
+    fn published_ports_need_the_outbound_network() {
+        let mut p = plan(vec![c("m", Role::Main)]);
+        p.ports = vec!["8080:80".parse().unwrap()];
+        assert_eq!(p.validate(), Err(PlanError::Ports(Network::None)));
+        p.network = Network::Outbound;
+        assert_eq!(p.validate(), Ok(()));
     }
 
     #[test]

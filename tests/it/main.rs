@@ -15,6 +15,7 @@ mod bundle_seccomp;
 mod e2e;
 mod nothing_lost;
 mod error_lines;
+mod network;
 mod pod_files;
 mod pod_templates;
 mod pull;

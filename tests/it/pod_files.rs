@@ -208,7 +208,7 @@ fn errors_render_as_file_line_column() {
 #[test]
 fn unknown_and_ignored_fields_warn_by_path() {
     let text = format!(
-        "{HEAD}  labels: {{app: x}}\n  colour: red\nspec:\n  restartPolicy: Always\n  nodeSelector: {{a: b}}\n  hostPID: false\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: Always\n    lifecycle: {{}}\n    livenessProbe: {{}}\n    frobnicate: 1\n    securityContext:\n      privileged: false\n      allowPrivilegeEscalation: true\n    resources:\n      requests: {{cpu: 1}}\n      limits: {{ephemeral-storage: 1Gi, memory: 1Gi}}\n    ports:\n    - containerPort: 80\n      protocol: TCP\n      hostPort: 8080\n  volumes:\n  - name: v\n    emptyDir: {{medium: Memory, sizeLimit: 1Gi}}\nstatus: {{phase: Running}}\nextra: 1\n"
+        "{HEAD}  labels: {{app: x}}\n  colour: red\nspec:\n  restartPolicy: Always\n  nodeSelector: {{a: b}}\n  hostPID: false\n  containers:\n  - name: main\n    image: busybox\n    imagePullPolicy: Always\n    lifecycle: {{}}\n    livenessProbe: {{}}\n    frobnicate: 1\n    securityContext:\n      privileged: false\n      allowPrivilegeEscalation: true\n    resources:\n      requests: {{cpu: 1}}\n      limits: {{ephemeral-storage: 1Gi, memory: 1Gi}}\n    ports:\n    - containerPort: 80\n      protocol: TCP\n      hostIP: 127.0.0.1\n  volumes:\n  - name: v\n    emptyDir: {{medium: Memory, sizeLimit: 1Gi}}\nstatus: {{phase: Running}}\nextra: 1\n"
     );
     let (pod, warnings) = parse(&text);
     assert_eq!(pod.containers[0].limits.memory_bytes, Some(1 << 30));
@@ -221,7 +221,7 @@ fn unknown_and_ignored_fields_warn_by_path() {
         "pod.yaml:17:5: ignoring unknown field spec.containers[0].frobnicate",
         "pod.yaml:20:7: ignoring spec.containers[0].securityContext.allowPrivilegeEscalation: berth always sets no_new_privileges",
         "pod.yaml:23:16: ignoring spec.containers[0].resources.limits.ephemeral-storage: berth limits memory and cpu only",
-        "pod.yaml:27:7: ignoring spec.containers[0].ports[0].hostPort: berth does not publish ports; use --network host",
+        "pod.yaml:27:7: ignoring spec.containers[0].ports[0].hostIP: ignored without hostPort",
         "pod.yaml:30:16: ignoring spec.volumes[0].emptyDir.medium: emptyDir is a directory on disk",
         "pod.yaml:30:32: ignoring spec.volumes[0].emptyDir.sizeLimit: not enforced",
         "pod.yaml:32:1: ignoring unknown field extra",
@@ -286,6 +286,24 @@ fn probes_have_kubernetes_defaults() {
     ));
     assert_eq!(pod.containers[0].ports, [5432, 80]);
     assert_eq!(pod.containers[0].readiness.as_ref().unwrap().action, ProbeAction::Tcp(80));
+}
+
+#[test]
+fn host_ports_are_published_on_the_outbound_network() {
+    let (pod, w) = parse(&with_container_fields(
+        "    ports:\n    - {containerPort: 80, hostPort: 8080}\n    - {containerPort: 443, hostPort: 8443, hostIP: 127.0.0.1}\n    - {containerPort: 53, protocol: UDP}\n",
+    ));
+    assert_eq!(pod.network, Network::Outbound, "the default network");
+    let published: Vec<String> = pod.published_ports().map(|p| p.to_string()).collect();
+    assert_eq!(published, ["8080:80", "127.0.0.1:8443:443"]);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].to_string().contains("protocol: berth publishes TCP ports only"), "{w:?}");
+    let e = kube::from_str(&with_container_fields("    ports:\n    - {containerPort: 80, hostPort: 8080, hostIP: nowhere}\n"), "p.yaml")
+        .unwrap_err();
+    assert!(e.to_string().contains("hostIP: \"nowhere\" is not an IP address"), "{e}");
+    let text = format!("{HEAD}spec:\n  hostNetwork: true\n  containers:\n  - name: a\n    image: b\n    ports:\n    - {{containerPort: 80, hostPort: 8080}}\n");
+    let e = kube::from_str(&text, "p.yaml").unwrap_err();
+    assert!(e.to_string().contains("publishes a host port"), "{e}");
 }
 
 #[test]

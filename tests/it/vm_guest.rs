@@ -1,6 +1,7 @@
 //! berth in a Linux guest with a pure cgroup v2 hierarchy (QEMU, software
 //! emulation; see `common::vm`): what this hybrid-cgroup host cannot show.
-//! berth runs as the unprivileged guest user `u`, from an OCI layout.
+//! berth runs as the unprivileged guest user `u`, from an OCI layout. The
+//! guest has no network device (nor /dev/net/tun): pods use --network none.
 
 use std::time::Duration;
 
@@ -26,7 +27,7 @@ fn vm_guest_berth_runs_as_a_user_under_a_small_init() {
         r#"
 set +e
 echo "R:controllers=$(cat /sys/fs/cgroup/cgroup.controllers)"
-as-user berth run oci:/images/bb:v1 -- sh -c 'echo "R:out=hello $(id -u)"; exit 3' 2>/tmp/err
+as-user berth run --network none oci:/images/bb:v1 -- sh -c 'echo "R:out=hello $(id -u)"; exit 3' 2>/tmp/err
 echo "R:status=$?"
 "#,
         Duration::from_secs(120),
@@ -68,18 +69,18 @@ real() { grep -v 'subordinate id range' "$1" | grep . || true; }
 poll() { i=0; while ! eval "$1" 2>/dev/null; do i=$((i+1)); [ $i -lt 300 ] || { echo "R:timeout=$1"; return 1; }; sleep 0.1; done; }
 
 # Each container gets its limits; the pod's cgroup goes at the end.
-as-user-in j1 berth run --memory 32Mi --cpus 500m $IMG -- sh -c 'echo "R:mem=$(cat /sys/fs/cgroup/memory.max)"; echo "R:cpu=$(cat /sys/fs/cgroup/cpu.max)"; echo "R:own=$(cat /proc/self/cgroup)"' 2>/tmp/e1
+as-user-in j1 berth run --network none --memory 32Mi --cpus 500m $IMG -- sh -c 'echo "R:mem=$(cat /sys/fs/cgroup/memory.max)"; echo "R:cpu=$(cat /sys/fs/cgroup/cpu.max)"; echo "R:own=$(cat /proc/self/cgroup)"' 2>/tmp/e1
 echo "R:j1_status=$?"
 echo "R:j1_stderr=$(real /tmp/e1 | tr '\n' '|')"
 echo "R:j1_left=$(cd /sys/fs/cgroup/j1 && find . -mindepth 1 -type d | tr '\n' ' ')"
 
 # The memory limit is enforced: the OOM killer's SIGKILL comes through.
-as-user-in j2 berth run --memory 16Mi $IMG -- dd if=/dev/zero of=/dev/null bs=64M count=1 2>/tmp/e2
+as-user-in j2 berth run --network none --memory 16Mi $IMG -- dd if=/dev/zero of=/dev/null bs=64M count=1 2>/tmp/e2
 echo "R:oom_status=$?"
 
 # A running pod: its cgroups from outside, ps, exec from outside and from
 # inside the delegated tree, then berth SIGKILLed.
-as-user-in j3 berth run --name p3 --pids-limit 40 $IMG -- sh -c 'echo started; sleep 60' >/tmp/o3 2>/tmp/e3 &
+as-user-in j3 berth run --network none --name p3 --pids-limit 40 $IMG -- sh -c 'echo started; sleep 60' >/tmp/o3 2>/tmp/e3 &
 poll 'grep -q started /tmp/o3'
 P=/sys/fs/cgroup/j3/p3.pod
 echo "R:pids_max=$(cat $P/pids.max)"
@@ -106,15 +107,15 @@ as-user berth ps -a >/dev/null 2>&1
 echo "R:after_next=$(ls -d $P 2>/dev/null)"
 
 # berth shares its cgroup with a shell: it moves nobody, warns and runs.
-as-user-in j4 sh -c "berth run --memory 32Mi $IMG -- true; true" 2>/tmp/e4
+as-user-in j4 sh -c "berth run --network none --memory 32Mi $IMG -- true; true" 2>/tmp/e4
 echo "R:shared_stderr=$(real /tmp/e4 | tr '\n' '|')"
 
 # A cgroup not delegated to the user: the same.
-as-user berth run --memory 32Mi $IMG -- sh -c 'exit 6' 2>/tmp/e5
+as-user berth run --network none --memory 32Mi $IMG -- sh -c 'exit 6' 2>/tmp/e5
 echo "R:undelegated_status=$?"
 echo "R:undelegated_stderr=$(real /tmp/e5 | tr '\n' '|')"
 
-as-user-in j6 berth -v run $IMG -- true 2>/tmp/e6
+as-user-in j6 berth -v run --network none $IMG -- true 2>/tmp/e6
 echo "R:peak=$(grep 'peak memory' /tmp/e6)"
 "#,
         Duration::from_secs(300),

@@ -7,7 +7,7 @@ use super::scalar::{boolean, integer, port_number, quantity_of, string};
 use super::walk::Ignore::{self, Reject, Silent, SilentIf, Warn};
 use super::walk::{fail, join, Obj, Res, Walk};
 use super::yaml::{short, Node, ScalarKind, Value};
-use crate::pod::{quantity, Container, Limits, Probe, ProbeAction, PullPolicy, VolumeMount};
+use crate::pod::{quantity, Container, Limits, PortMapping, Probe, ProbeAction, PullPolicy, VolumeMount};
 
 impl Walk {
     pub(super) fn container(&mut self, node: &Node, path: &str, init: bool, defaults: &RunAs) -> Res<Container> {
@@ -101,6 +101,7 @@ impl Walk {
         }
 
         let mut ports = Vec::new();
+        let mut host_ports = Vec::new();
         let mut port_names: Vec<(String, u16)> = Vec::new();
         if let Some((v, p)) = self.field(&mut o, "ports") {
             let items = self.list(v, &p)?;
@@ -122,12 +123,23 @@ impl Walk {
                     }
                     port_names.push((pname, port));
                 }
+                if let Some((h, hp)) = self.field(&mut po, "hostPort") {
+                    let host_port = port_number(h, &hp)?;
+                    let host_ip = match self.field(&mut po, "hostIP") {
+                        Some((a, ap)) => {
+                            let text = string(a, &ap)?;
+                            let ip = text.parse().map_err(|_| ()).or_else(|()| fail(a.mark, format!("{ap}: {} is not an IP address", short(&text))))?;
+                            Some(ip)
+                        }
+                        None => None,
+                    };
+                    host_ports.push(PortMapping { host_ip, host_port, container_port: port });
+                }
                 self.finish(
                     po,
                     &[
-                        ("protocol", Silent),
-                        ("hostPort", Warn("berth does not publish ports; use --network host")),
-                        ("hostIP", Warn("berth does not publish ports; use --network host")),
+                        ("protocol", SilentIf(&["TCP"], "berth publishes TCP ports only")),
+                        ("hostIP", Warn("ignored without hostPort")),
                     ],
                 )?;
                 ports.push(port);
@@ -229,6 +241,7 @@ impl Walk {
             working_dir,
             volume_mounts,
             ports,
+            host_ports,
             limits,
             run_as_user: run_as.user,
             run_as_group: run_as.group,

@@ -199,7 +199,7 @@ impl Walk {
         };
         let network = match self.field(&mut o, "hostNetwork") {
             Some((v, p)) if boolean(v, &p)? => Network::Host,
-            _ => Network::Private,
+            _ => Network::Outbound,
         };
         // 0 is meaningful here (kill at once), unlike a probe's 0 = unset.
         let grace_seconds = match self.field(&mut o, "terminationGracePeriodSeconds") {

@@ -18,7 +18,8 @@
 //! `teardown` (stopping, cleanup, peak memory). Beside them, what the pod
 //! process uses: [`container`] (one container's spec and libcontainer
 //! calls), [`stdio`] (sidecar logs), [`pty`] (`-t`), [`seccomp`] (filters
-//! compiled once, loaded by the container), [`net`] (loopback).
+//! compiled once, loaded by the container), [`net`] (the network namespace
+//! by mode, and the outbound network's helper).
 
 pub mod container;
 pub mod net;
@@ -71,6 +72,8 @@ pub enum PodError {
     Interrupted(Signal),
     #[error("container {name}: its terminal")]
     Tty { name: String, source: pty::PtyError },
+    #[error("the pod's outbound network")]
+    Network(#[from] crate::net::NetError),
 }
 
 impl PodError {
@@ -128,6 +131,8 @@ struct Pod {
     /// controllers for the containers' limits.
     own_cgroup: bool,
     state_root: PathBuf,
+    /// The outbound network's helper, stopped at teardown.
+    net: Option<crate::net::Helper>,
 }
 
 /// Runs the pod described in `dir` and returns the main container's exit
@@ -146,7 +151,7 @@ pub fn run(dir: &Path) -> Result<u8, PodError> {
         .map(|c| Member { name: c.name.clone(), role: c.role, container: None, pid: None, exit: None, max_rss_kib: 0, seccomp: None })
         .collect();
     let state_root = dir.containers_root();
-    let mut pod = Pod { dir, plan, signals, events: EventLoop::new(), tty: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root, own_cgroup: false };
+    let mut pod = Pod { dir, plan, signals, events: EventLoop::new(), tty: None, members, others: HashMap::new(), stop: None, kill_main_at: None, state_root, own_cgroup: false, net: None };
     pod.write_status(Phase::Starting, None);
     let outcome = pod.setup().and_then(|()| pod.run_containers());
     pod.teardown();

@@ -3,6 +3,7 @@
 //! /proc, the cgroup view, /etc/hosts, hostname, resolv.conf).
 
 use std::fs;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -14,10 +15,9 @@ use crate::runtime::plan::{Network, PodPlan};
 impl Pod {
     /// The namespaces and files shared by every container.
     pub(super) fn setup(&mut self) -> Result<(), PodError> {
-        let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-        if self.plan.network == Network::Private {
-            flags |= CloneFlags::CLONE_NEWNET;
-        }
+        // The network namespace comes later, by mode (after the mount
+        // namespace, where the outbound one is pinned).
+        let flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
         unshare(flags).map_err(setup_err("unshare"))?;
         // Nothing mounted here may propagate back to the host.
         mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_SLAVE, None::<&str>)
@@ -51,24 +51,40 @@ impl Pod {
             }
             Err(e) => tracing::warn!("cannot mount a cgroup2 view at /sys/fs/cgroup ({e}): no resource limits"),
         }
-        if self.plan.network == Network::Private {
-            super::net::loopback_up().map_err(|source| PodError::Setup { what: "bringing up lo", source })?;
+        let mut host_address = None;
+        match self.plan.network {
+            Network::None => {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(setup_err("unshare"))?;
+                super::net::loopback_up().map_err(|source| PodError::Setup { what: "bringing up lo", source })?;
+            }
+            Network::Outbound => {
+                let helper = super::net::outbound(&self.plan, &self.dir.dir)?;
+                host_address = helper.host_address();
+                self.net = Some(helper);
+            }
+            Network::Host => {}
         }
         nix::unistd::sethostname(&self.plan.name).map_err(setup_err("sethostname"))?;
 
         let w = |p: PathBuf, text: &str| fs::write(&p, text).map_err(|source| PodError::Setup { what: "writing /etc files", source });
-        w(self.dir.etc("hosts"), &hosts_file(&self.plan))?;
+        w(self.dir.etc("hosts"), &hosts_file(&self.plan, host_address))?;
         w(self.dir.etc("hostname"), &format!("{}\n", self.plan.name))?;
-        if let Ok(r) = fs::read("/etc/resolv.conf") {
-            fs::write(self.dir.etc("resolv.conf"), r).map_err(|source| PodError::Setup { what: "writing /etc files", source })?;
+        // Read from the host's root: the pod's mount namespace still has it.
+        if let Ok(r) = fs::read_to_string("/etc/resolv.conf") {
+            let text = match &self.net {
+                Some(helper) => crate::net::dns::resolv_conf(&r, helper.kind(), host_address),
+                None => r,
+            };
+            w(self.dir.etc("resolv.conf"), &text)?;
         }
         Ok(())
     }
 }
 
 /// `/etc/hosts` for every container: localhost, the pod name and each
-/// container name on 127.0.0.1, then the plan's extra entries.
-pub fn hosts_file(plan: &PodPlan) -> String {
+/// container name on 127.0.0.1, the host as `host.containers.internal`
+/// where it is reachable (`host`), then the plan's extra entries.
+pub fn hosts_file(plan: &PodPlan, host: Option<Ipv4Addr>) -> String {
     let mut s = String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     s.push_str("127.0.0.1\t");
     s.push_str(&plan.name);
@@ -79,6 +95,9 @@ pub fn hosts_file(plan: &PodPlan) -> String {
         }
     }
     s.push('\n');
+    if let Some(host) = host {
+        s.push_str(&format!("{host}\t{}\n", crate::net::HOST_NAME));
+    }
     for (addr, names) in &plan.extra_hosts {
         s.push_str(&format!("{addr}\t{}\n", names.join(" ")));
     }

@@ -74,6 +74,10 @@ impl Pod {
             container::write_bundle(&b, &spec).map_err(|source| ContainerError::Io { name: c.name.clone(), source })?;
             bundles.push(b);
         }
+        // The network helper set the namespace up meanwhile.
+        if let Some(helper) = &mut self.net {
+            helper.wait_ready()?;
+        }
 
         // The sidecars after the last init container start together, then
         // are waited for together.

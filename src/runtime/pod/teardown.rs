@@ -1,6 +1,6 @@
 //! The pod's end: stop what still runs (SIGTERM, then SIGKILL after the
-//! grace period), reap it, delete the containers' state, drain the logs; and
-//! the pod's peak memory for its status.
+//! grace period), reap it, delete the containers' state, drain the logs, stop
+//! the network helper; and the pod's peak memory for its status.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -50,6 +50,10 @@ impl Pod {
         }
         // Output still in the pipes (the writers are gone: EOF ends each).
         self.events.finish_all();
+        // The network outlives every container that used it.
+        if let Some(helper) = self.net.take() {
+            helper.stop();
+        }
     }
 
     pub(super) fn peak_memory(&self) -> Option<u64> {
