@@ -26,8 +26,8 @@ for i in $(seq "$N"); do
   timed "$work/t" as_user "$B" --root "$s/berth" bundle --tls-verify=false "$ref" "$s/b1" >>"$work/a-berth"
   timed "$work/t" as_user "$B" --root "$s/berth" bundle "$ref" "$s/b2" >>"$work/b-berth"
   # The first run right after a bundle write is slower (see README); both shown.
-  timed "$work/t" as_user "$B" --root "$s/berth" run "$ref" -- true >>"$work/b-run1"
-  timed "$work/t" as_user "$B" --root "$s/berth" run "$ref" -- true >>"$work/b-run"
+  timed "$work/t" as_user "$B" --root "$s/berth" run --network none "$ref" -- true >>"$work/b-run1"
+  timed "$work/t" as_user "$B" --root "$s/berth" run --network none "$ref" -- true >>"$work/b-run"
   [ -x "$s/b1/rootfs/usr/bin/java" ] || [ -e "$s/b1/rootfs/bin/sh" ] || { log "berth bundle left no rootfs"; exit 1; }
   fresh "$s"
   timed "$work/t" as_user sh -c "skopeo copy -q --src-tls-verify=false 'docker://$ref' 'oci:$s/oci:bench' &&

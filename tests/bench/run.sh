@@ -40,7 +40,7 @@ PY
 as_user "$B" pull -q --tls-verify=false "$img"
 as_user "${podman_as[@]}" pull -q --tls-verify=false "$img" >/dev/null
 # Warm-up: first runs pay for page cache and podman's storage setup.
-as_user "$B" run "$img" -- true
+as_user "$B" run --network none "$img" -- true
 as_user "${podman_as[@]}" run --rm --network=none "$img" true
 as_user runc --root "$work/home/runc" run --bundle "$rb" warmup
 
@@ -55,12 +55,14 @@ ms_runs() {
   done
 }
 # Interleaved, one of each per round, so background load hits all alike.
+# berth runs with --network none like podman and the runc bundle (a private
+# namespace with loopback only): tests/bench/net.sh measures the outbound one.
 rounds=$N; N=1
 for i in $(seq "$rounds"); do
-  ms_runs "$work/r-berth" as_user "$B" run "$img" -- true
+  ms_runs "$work/r-berth" as_user "$B" run --network none "$img" -- true
   ms_runs "$work/r-podman" as_user "${podman_as[@]}" run --rm --network=none "$img" true
   ms_runs "$work/r-runc" as_user runc --root "$work/home/runc" run --bundle "$rb" "bench-$i"
-  ms_runs "$work/r-pod" as_user "$B" run --grace 0 --quiet-sidecars --sidecar side="$img" \
+  ms_runs "$work/r-pod" as_user "$B" run --network none --grace 0 --quiet-sidecars --sidecar side="$img" \
     --sidecar-cmd "side=sleep 1000" "$img" -- true
 done
 
@@ -70,12 +72,12 @@ done
 # host-/dev/null stdout at a read-only /dev/null, so writes fail with EBADF.
 for i in 1 2 3; do
   ms_runs "$work/r-cat-plain" as_user sh -c "head -c 1073741824 /dev/zero | '$work/rootfs/bin/cat' | cat >/dev/null"
-  ms_runs "$work/r-cat-berth" as_user sh -c "head -c 1073741824 /dev/zero | '$B' run '$img' -- cat | cat >/dev/null"
+  ms_runs "$work/r-cat-berth" as_user sh -c "head -c 1073741824 /dev/zero | '$B' run --network none '$img' -- cat | cat >/dev/null"
 done
 N=$rounds
 
 # RSS while a pod runs: the waiting berth (child of runuser) and the pod process (its child).
-as_user "$B" run "$img" -- sleep 3 & runuser_pid=$!
+as_user "$B" run --network none "$img" -- sleep 3 & runuser_pid=$!
 sleep 1.5
 waiting=
 for p in $(pgrep -u berthtest -x berth || true); do
