@@ -25,4 +25,5 @@ mod unpack_bench;
 mod unpack_hostile;
 mod unpack_layers;
 mod unpack_rootless;
+mod userns_keepid;
 mod vm_guest;
