@@ -181,3 +181,24 @@ fn keep_id_refuses_bundles_and_bad_users_with_125() {
         assert!(run.stdout.is_empty() && run.stderr.lines().count() == 1, "{run:?}");
     }
 }
+
+/// Without a subordinate range (root has none on the test machines) keep-id
+/// of a non-root uid cannot work (berth runs as uid 0 of the namespace):
+/// one clear line and 125; keep-id of root is the default mapping and runs.
+#[test]
+fn keep_id_without_subordinate_ids_is_a_clear_125() {
+    let s = Served::start("berth/jenkins", &image_with_user("1000"), false);
+    if !is_root() || std::fs::read_to_string("/etc/subuid").unwrap_or_default().lines().any(|l| l.starts_with("root:") || l.starts_with("0:")) {
+        return; // needs a user without a range
+    }
+    let env = Env::new();
+    env.registries_conf(&format!("[[registry]]\nlocation = \"{}\"\ninsecure = true\n", s.reg.host()));
+    let run = env.run(&["run", "--userns", "keep-id", "--tls-verify=false", &s.image, "--", "id", "-u"]);
+    assert_eq!(run.code, 125, "{run:?}");
+    // Progress and the usual warning come first; one line says why.
+    let last = run.stderr.lines().last().unwrap_or("");
+    assert!(run.stdout.is_empty() && last.starts_with("berth: --userns keep-id for uid 1000") && last.contains("subordinate"), "{run:?}");
+    assert_eq!(run.stderr.matches("berth:").count(), 1, "{run:?}");
+    let run = env.run(&["run", "--userns", "keep-id", "--user", "0", "--tls-verify=false", &s.image, "--", "id", "-u"]);
+    assert_eq!((run.code, run.stdout.as_str()), (0, "0\n"), "{run:?}");
+}
