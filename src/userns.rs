@@ -496,6 +496,19 @@ unsafe fn child_after_clone(c: &ChildCtx<'_>) -> ! {
     if c.full_groups {
         libc::setgroups(0, std::ptr::null());
     }
+    // A new effective uid clears the death signal: the case when uid 0 of
+    // the namespace is not the caller's own id (keep-id). Set it again,
+    // then make sure the parent did not die in between: it holds the read
+    // end of `err` until the exec, so POLLERR on our end means it is gone.
+    if c.pdeath != 0 {
+        if libc::prctl(libc::PR_SET_PDEATHSIG, c.pdeath as libc::c_ulong, 0, 0, 0) != 0 {
+            fail(c.err_w);
+        }
+        let mut p = libc::pollfd { fd: c.err_w, events: libc::POLLOUT, revents: 0 };
+        if libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLERR != 0 {
+            libc::_exit(1);
+        }
+    }
     for &fd in c.keep_fds {
         let fl = libc::fcntl(fd, libc::F_GETFD);
         if fl >= 0 {
@@ -595,6 +608,24 @@ mod tests {
         assert_eq!(one.uids, vec![IdRange { container: 4242, host: 1000, count: 1 }]);
         assert!(!one.is_full() && !one.has_root());
         assert_ne!(one.key(), IdMapping::from_ranges(1000, 1000, None, None).key());
+    }
+
+    /// The death signal survives becoming uid 0 of a namespace where that
+    /// is another host id than the caller's (keep-id): the child dies with
+    /// the thread that spawned it.
+    #[test]
+    fn death_signal_survives_a_new_uid() {
+        if !Uid::effective().is_root() {
+            return;
+        }
+        let m = IdMapping {
+            uids: vec![IdRange { container: 0, host: 200000, count: 1 }],
+            gids: vec![IdRange { container: 0, host: 200000, count: 1 }],
+        };
+        let opts = SpawnOptions { parent_death_signal: Some(Signal::SIGKILL), ..Default::default() };
+        let pid = std::thread::spawn(move || spawn(&m, Path::new("/bin/sleep"), &["100".into()], &opts).unwrap()).join().unwrap();
+        let st = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(st, nix::sys::wait::WaitStatus::Signaled(pid, Signal::SIGKILL, false));
     }
 
     /// A real child in new user + PID namespaces (tests run as root, which

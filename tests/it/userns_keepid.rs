@@ -202,3 +202,39 @@ fn keep_id_without_subordinate_ids_is_a_clear_125() {
     let run = env.run(&["run", "--userns", "keep-id", "--user", "0", "--tls-verify=false", &s.image, "--", "id", "-u"]);
     assert_eq!((run.code, run.stdout.as_str()), (0, "0\n"), "{run:?}");
 }
+
+/// A keep-id pod is listed while it runs; when berth is SIGKILLed the pod
+/// dies with it, and the next command removes its state (files of the
+/// keep-id ids: the user's, and the first subordinate uid's).
+#[test]
+fn a_killed_keep_id_pod_leaves_nothing_behind() {
+    use std::io::BufRead;
+    let s = Served::start("berth/jenkins", &image_with_user("1000"), true);
+    let script = "echo x > /tmp/mine; echo ready; sleep 1003";
+    let mut child = s
+        .env
+        .berth_as_user(&["run", "--userns", "keep-id", "--name", "doomed", &s.image, "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let ps = s.env.run_as_user(&["ps"]).ok();
+    assert!(ps.stdout.lines().any(|l| l.starts_with("doomed\t")), "{ps:?}");
+    let state = s.env.run_root.join("pods/doomed");
+    assert!(state.is_dir());
+    assert_eq!(unsafe { libc::kill(berth_pid(&child), libc::SIGKILL) }, 0);
+    let _ = child.wait();
+    let gone = wait_until(std::time::Duration::from_secs(5), || {
+        std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
+            std::fs::read(e.path().join("cmdline")).map(|c| !String::from_utf8_lossy(&c).contains("sleep\x001003")).unwrap_or(true)
+        })
+    });
+    let ps = String::from_utf8_lossy(&Command::new("ps").args(["-eo", "pid,ppid,user,stat,args"]).output().unwrap().stdout).into_owned();
+    assert!(gone, "the pod died with berth: {ps}");
+    s.env.run_as_user(&["images"]).ok();
+    assert!(!state.exists(), "state of the killed keep-id pod left behind");
+}
