@@ -3,7 +3,8 @@
 //!
 //! Mapping: container id 0 is the invoking user, ids `1..=N` are its
 //! subordinate range from `/etc/subuid` / `/etc/subgid` (rootless podman's
-//! layout). Without a range only id 0 is mapped (one warning). Real root
+//! layout); keep-id ([`IdMapping::keep_id`]) puts the user at another id
+//! and the range around it. Without a range only id 0 is mapped (one warning). Real root
 //! follows the same rule with root's own ranges, so a pod run by root is still
 //! isolated in a user namespace.
 

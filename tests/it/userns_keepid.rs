@@ -203,6 +203,30 @@ fn keep_id_without_subordinate_ids_is_a_clear_125() {
     assert_eq!((run.code, run.stdout.as_str()), (0, "0\n"), "{run:?}");
 }
 
+/// Jenkins' shutdown: SIGTERM to berth reaches the keep-id pod's main
+/// process (a host uid other than berth's) and the pod is gone quickly.
+#[test]
+fn sigterm_reaches_a_keep_id_pod() {
+    use std::io::BufRead;
+    let s = Served::start("berth/jenkins", &image_with_user("1000"), true);
+    let script = "trap 'exit 7' TERM; echo ready; sleep 1004 & wait";
+    let mut child = s
+        .env
+        .berth_as_user(&["run", "--userns", "keep-id", &s.image, "--", "sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    let started = std::time::Instant::now();
+    assert_eq!(unsafe { libc::kill(berth_pid(&child), libc::SIGTERM) }, 0);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(7), "the main process's own status");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5), "took {:?}", started.elapsed());
+}
+
 /// A keep-id pod is listed while it runs; when berth is SIGKILLed the pod
 /// dies with it, and the next command removes its state (files of the
 /// keep-id ids: the user's, and the first subordinate uid's).
