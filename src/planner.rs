@@ -38,6 +38,17 @@ pub enum RootfsMode {
     Copy,
 }
 
+/// Which user namespace the pod runs in (podman's `--userns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UsernsMode {
+    /// Container uid 0 is the invoking user, 1.. its subordinate ids.
+    #[default]
+    Default,
+    /// The main container's user is the invoking user (the subordinate ids
+    /// fill the others), so the files it writes in the workspace are yours.
+    KeepId,
+}
+
 /// How a pod runs, whatever it is made of.
 #[derive(Debug, Clone)]
 pub struct RunSettings {
@@ -66,6 +77,7 @@ pub struct RunSettings {
     /// The outbound network reaches the host's loopback as
     /// `host.containers.internal`.
     pub host_loopback: bool,
+    pub userns: UsernsMode,
 }
 
 impl Default for RunSettings {
@@ -82,6 +94,7 @@ impl Default for RunSettings {
             verbose: 0,
             http_proxy: true,
             host_loopback: true,
+            userns: UsernsMode::Default,
         }
     }
 }
@@ -107,6 +120,8 @@ pub struct PodOverrides {
     /// (`--volume-from`): applied while the file is read, so a secret or
     /// configMap volume mapped here is valid.
     pub volume_from: Vec<(String, PathBuf)>,
+    /// `UID[:GID]` of the main container (as runAsUser/runAsGroup).
+    pub user: Option<String>,
 }
 
 /// Reads and validates a pod file, with the command line's changes; its
@@ -163,6 +178,16 @@ fn finish(mut pod: Pod, o: &PodOverrides) -> anyhow::Result<Pod> {
     if !o.ports.is_empty() {
         let main = pod.main_container_mut().context("the pod has no main container")?;
         main.host_ports.extend(o.ports.iter().cloned());
+    }
+    if let Some(u) = &o.user {
+        let bad = || anyhow::anyhow!("--user {u:?}: expected UID or UID:GID (numbers)");
+        let (uid, gid) = match u.split_once(':') {
+            Some((uid, gid)) => (uid, Some(gid.parse::<u32>().map_err(|_| bad())?)),
+            None => (u.as_str(), None),
+        };
+        let main = pod.main_container_mut().context("the pod has no main container")?;
+        main.run_as_user = Some(uid.parse().map_err(|_| bad())?);
+        main.run_as_group = gid;
     }
     if o.memory_bytes.is_some() || o.cpu_millis.is_some() {
         let main = pod.main_container_mut().context("the pod has no main container")?;
@@ -266,7 +291,7 @@ pub fn run_pod_adjusted(
     adjust: impl FnOnce(&mut Pod, &Provisioned) -> anyhow::Result<()>,
 ) -> anyhow::Result<u8> {
     ensure_run_root(paths)?;
-    let prov = Provision::open(paths, false, s.verbose)?;
+    let mut prov = Provision::open(paths, false, s.verbose)?;
     let volume_images = pod.volumes.iter().filter_map(|v| match &v.source {
         VolumeSource::Image { reference } => Some(reference.clone()),
         _ => None,
@@ -292,6 +317,9 @@ pub fn run_pod_adjusted(
     // the blobs they are unpacked from.
     let provisioning = prov.store.lock_shared()?;
     let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images_by_policy(&wanted, &s.fetch)?).collect();
+    if s.userns == UsernsMode::KeepId {
+        use_keep_id(&mut prov, &pod, &images)?;
+    }
     let mut layers: HashMap<String, Vec<PathBuf>> = HashMap::new();
     // Held until the pod has ended: `gc` passes these layers by.
     let mut lease = LayerLease::none();
@@ -353,6 +381,7 @@ pub struct BundleContainer {
 /// Runs a [`BundlePod`]; statuses as [`run_pod`].
 pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Result<u8> {
     ensure_run_root(paths)?;
+    anyhow::ensure!(s.userns == UsernsMode::Default, "--userns keep-id needs an image: a ready bundle's ids are fixed");
     let mapping = IdMapping::for_current_user()?;
     let name = match &b.name {
         Some(n) => {
@@ -511,7 +540,7 @@ fn image_containers(
         // Only the main container gets a terminal (the pod file parser
         // warns about the others).
         let tty = role == Role::Main && c.tty;
-        let mut settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty);
+        let mut settings = settings_for(c, &pod.name, pod.network, single_id)?.terminal(tty).provide_user(bundle::ProvideUser { dir: spec_dir.clone(), name: invoking_user_name() });
         let image_env = image.config.config().as_ref().and_then(|cfg| cfg.env().clone()).unwrap_or_default();
         let set = |k: &str| c.env.iter().any(|(ck, _)| ck == k) || image_env.iter().any(|e| e.split_once('=').is_some_and(|(ik, _)| ik == k));
         for (k, v) in proxy.iter().filter(|(k, _)| !set(k)) {
@@ -727,6 +756,35 @@ fn user_db_root(lowers: &[PathBuf]) -> PathBuf {
         }
     }
     lowers.last().cloned().unwrap_or_default()
+}
+
+/// `--userns keep-id`: resolves the main container's user and gid against
+/// its image (layers of the default mapping, which most often are cached
+/// already) and switches `prov` to the mapping that makes them the invoking
+/// user's. Every image of the pod then unpacks once more for that mapping
+/// (the cache is keyed by it): the cost of a new uid.
+fn use_keep_id(prov: &mut Provision, pod: &Pod, images: &HashMap<String, Image>) -> anyhow::Result<()> {
+    let main = &pod.containers[pod.main];
+    let image = &images[&main.image];
+    let settings = settings_for(main, &pod.name, pod.network, !prov.mapping.is_full())?;
+    let spec = bundle::runtime_spec(&image.config, &user_db_root(&prov.layers(image)?.0), &settings)
+        .with_context(|| format!("container {}", main.name))?;
+    let user = spec.process().as_ref().map(|p| (p.user().uid(), p.user().gid())).unwrap_or_default();
+    if user == (0, 0) {
+        return Ok(()); // the default mapping is keep-id of root
+    }
+    let mapping = IdMapping::keep_id_for_current_user(user.0, user.1)?;
+    tracing::debug!(uid = user.0, gid = user.1, ?mapping, "keep-id");
+    prov.use_mapping(mapping).with_context(|| format!("--userns keep-id for uid {}", user.0))
+}
+
+/// The name a provided passwd entry takes: the invoking user's.
+fn invoking_user_name() -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::current())
+        .ok()
+        .flatten()
+        .map(|u| u.name)
+        .unwrap_or_else(|| "berth".into())
 }
 
 #[cfg(test)]

@@ -57,6 +57,21 @@ impl Provision {
         Ok(Provision { store, mapping, cache, root, key, ids, verbose })
     }
 
+    /// Switches to another mapping (chosen once the images' configs are
+    /// known, e.g. keep-id of the main container's user) and its layer
+    /// cache: layers unpack once per mapping, as the cache key says.
+    pub fn use_mapping(&mut self, mapping: IdMapping) -> anyhow::Result<()> {
+        anyhow::ensure!(
+            mapping.has_root(),
+            "this user namespace would have no uid 0 for berth to run as (no subordinate ids: see /etc/subuid and /etc/subgid)"
+        );
+        let ids = ids_policy(&mapping, self.ids == IdPolicy::Squash && self.mapping.is_full());
+        let key = cache_key(&mapping, ids);
+        self.cache = LayerCache::open(&self.root, &key, ids)?;
+        (self.mapping, self.key, self.ids) = (mapping, key, ids);
+        Ok(())
+    }
+
     /// Each image, from the store if it is there, else pulled (one async
     /// runtime for all, dropped before returning: the caller may go on to
     /// create namespaces, which needs a single-threaded process).
@@ -288,7 +303,8 @@ fn ids_policy(mapping: &IdMapping, squash: bool) -> IdPolicy {
     if squash || !mapping.is_full() {
         return IdPolicy::Squash;
     }
-    IdPolicy::Keep { max_uid: mapping.max_uid(), max_gid: mapping.max_gid() }
+    let (max_uid, max_gid) = mapping.contiguous_max();
+    IdPolicy::Keep { max_uid, max_gid }
 }
 
 fn cache_key(mapping: &IdMapping, ids: IdPolicy) -> String {

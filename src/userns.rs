@@ -3,7 +3,8 @@
 //!
 //! Mapping: container id 0 is the invoking user, ids `1..=N` are its
 //! subordinate range from `/etc/subuid` / `/etc/subgid` (rootless podman's
-//! layout). Without a range only id 0 is mapped (one warning). Real root
+//! layout); keep-id ([`IdMapping::keep_id`]) puts the user at another id
+//! and the range around it. Without a range only id 0 is mapped (one warning). Real root
 //! follows the same rule with root's own ranges, so a pod run by root is still
 //! isolated in a user namespace.
 
@@ -59,12 +60,7 @@ impl IdMapping {
     /// The mapping for the invoking (real) user: 0 → the user, 1..=N → the
     /// first subordinate range. Warns once when no range is configured.
     pub fn for_current_user() -> Result<IdMapping, UsernsError> {
-        let uid = Uid::current().as_raw();
-        let gid = Gid::current().as_raw();
-        let user = nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten();
-        let name = user.as_ref().map(|u| u.name.clone());
-        let subuid = read_subid(Path::new("/etc/subuid"), name.as_deref(), uid)?;
-        let subgid = read_subid(Path::new("/etc/subgid"), name.as_deref(), uid)?;
+        let (uid, gid, subuid, subgid) = current_user_ranges()?;
         let mapping = IdMapping::from_ranges(uid, gid, subuid, subgid);
         if !mapping.is_full() {
             tracing::warn!(
@@ -75,8 +71,50 @@ impl IdMapping {
         Ok(mapping)
     }
 
+    /// podman's `--userns keep-id` for the invoking user: container uid
+    /// `uid` (gid `gid`) is the user, the subordinate range fills the other
+    /// ids from 0 ([`IdMapping::keep_id`]). `(0, 0)` is the default mapping.
+    pub fn keep_id_for_current_user(uid: u32, gid: u32) -> Result<IdMapping, UsernsError> {
+        let (host_uid, host_gid, subuid, subgid) = current_user_ranges()?;
+        Ok(IdMapping::keep_id((host_uid, uid), (host_gid, gid), subuid, subgid))
+    }
+
+    /// Maps container id `user.1` to host id `user.0` (and likewise for
+    /// `group`); the subordinate range `(start, count)` fills container ids
+    /// `0..user.1` and `user.1+1..=count`, in order, so `count + 1` ids are
+    /// mapped. Without both ranges only the one id is mapped.
+    pub fn keep_id(user: (u32, u32), group: (u32, u32), subuid: Option<(u32, u32)>, subgid: Option<(u32, u32)>) -> IdMapping {
+        let around = |(host, id): (u32, u32), sub: Option<(u32, u32)>| {
+            let own = IdRange { container: id, host, count: 1 };
+            let Some((start, count)) = sub else { return vec![own] };
+            let below = id.min(count);
+            let mut rs = vec![
+                IdRange { container: 0, host: start, count: below },
+                own,
+                IdRange { container: id + 1, host: start + below, count: count - below },
+            ];
+            rs.retain(|r| r.count > 0);
+            rs
+        };
+        match (subuid, subgid) {
+            (Some(u), Some(g)) if u.1 > 0 && g.1 > 0 => {
+                IdMapping { uids: around(user, Some(u)), gids: around(group, Some(g)) }
+            }
+            _ => IdMapping { uids: around(user, None), gids: around(group, None) },
+        }
+    }
+
     /// Builds the mapping from the user's own ids and optional subordinate
     /// ranges `(start, count)`. Both ranges are needed for a full mapping.
+    pub fn from_ranges(
+        uid: u32,
+        gid: u32,
+        subuid: Option<(u32, u32)>,
+        subgid: Option<(u32, u32)>,
+    ) -> IdMapping {
+        IdMapping::keep_id((uid, 0), (gid, 0), subuid, subgid)
+    }
+
     /// The maps of the user namespace this process is in, read from
     /// `/proc/self/{uid,gid}_map` (unreadable maps read as empty).
     pub fn of_current_process() -> IdMapping {
@@ -105,25 +143,29 @@ impl IdMapping {
         (sum(&self.uids), sum(&self.gids))
     }
 
-    pub fn from_ranges(
-        uid: u32,
-        gid: u32,
-        subuid: Option<(u32, u32)>,
-        subgid: Option<(u32, u32)>,
-    ) -> IdMapping {
-        let own = |id| IdRange { container: 0, host: id, count: 1 };
-        match (subuid, subgid) {
-            (Some((us, uc)), Some((gs, gc))) if uc > 0 && gc > 0 => IdMapping {
-                uids: vec![own(uid), IdRange { container: 1, host: us, count: uc }],
-                gids: vec![own(gid), IdRange { container: 1, host: gs, count: gc }],
-            },
-            _ => IdMapping { uids: vec![own(uid)], gids: vec![own(gid)] },
-        }
-    }
-
-    /// True when more than id 0 is mapped.
+    /// True when more than one id is mapped.
     pub fn is_full(&self) -> bool {
         self.uids.len() > 1 && self.gids.len() > 1
+    }
+
+    /// True when container uid 0 exists: berth's pod and unpacking
+    /// processes run as it.
+    pub fn has_root(&self) -> bool {
+        self.host_uid(0).is_some() && self.host_gid(0).is_some()
+    }
+
+    /// The highest uid and gid below which every id from 0 is mapped (what
+    /// an unpack may keep), e.g. 65536 for keep-id of uid 100000 with a
+    /// range of 65536 ids, where 65536..100000 are not mapped.
+    pub fn contiguous_max(&self) -> (u32, u32) {
+        let top = |rs: &[IdRange]| {
+            let mut next = 0u32;
+            while let Some(r) = rs.iter().find(|r| r.container <= next && next - r.container < r.count) {
+                next = r.container + r.count;
+            }
+            next.saturating_sub(1)
+        };
+        (top(&self.uids), top(&self.gids))
     }
 
     /// A stable, file-name-safe key for caches that depend on the mapping
@@ -239,6 +281,18 @@ fn finish_map_tool(t: MapTool) -> Result<(), UsernsError> {
         });
     }
     Ok(())
+}
+
+/// The invoking user's uid, gid and first subordinate uid and gid ranges.
+#[allow(clippy::type_complexity)]
+fn current_user_ranges() -> Result<(u32, u32, Option<(u32, u32)>, Option<(u32, u32)>), UsernsError> {
+    let uid = Uid::current().as_raw();
+    let gid = Gid::current().as_raw();
+    let user = nix::unistd::User::from_uid(Uid::from_raw(uid)).ok().flatten();
+    let name = user.as_ref().map(|u| u.name.clone());
+    let subuid = read_subid(Path::new("/etc/subuid"), name.as_deref(), uid)?;
+    let subgid = read_subid(Path::new("/etc/subgid"), name.as_deref(), uid)?;
+    Ok((uid, gid, subuid, subgid))
 }
 
 /// The first range of `user` (name or numeric uid) in a subuid/subgid file.
@@ -461,6 +515,19 @@ unsafe fn child_after_clone(c: &ChildCtx<'_>) -> ! {
         if c.full_groups {
             libc::setgroups(0, std::ptr::null());
         }
+        // A new effective uid clears the death signal: the case when uid 0 of
+        // the namespace is not the caller's own id (keep-id). Set it again,
+        // then make sure the parent did not die in between: it holds the read
+        // end of `err` until the exec, so POLLERR on our end means it is gone.
+        if c.pdeath != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, c.pdeath as libc::c_ulong, 0, 0, 0) != 0 {
+                fail(c.err_w);
+            }
+            let mut p = libc::pollfd { fd: c.err_w, events: libc::POLLOUT, revents: 0 };
+            if libc::poll(&mut p, 1, 0) == 1 && p.revents & libc::POLLERR != 0 {
+                libc::_exit(1);
+            }
+        }
         for &fd in c.keep_fds {
             let fl = libc::fcntl(fd, libc::F_GETFD);
             if fl >= 0 {
@@ -529,6 +596,57 @@ mod tests {
         assert!(!single.is_full());
         assert_eq!(single.key(), "u1000_g1000");
         assert_eq!(single.host_uid(1), None);
+    }
+
+    #[test]
+    fn keep_id_layout() {
+        let sub = Some((100000, 65536));
+        let m = IdMapping::keep_id((1000, 1000), (1001, 50), sub, Some((200000, 65536)));
+        assert_eq!(m.host_uid(1000), Some(1000));
+        assert_eq!(m.host_uid(0), Some(100000));
+        assert_eq!(m.host_uid(999), Some(100999));
+        assert_eq!(m.host_uid(1001), Some(101000));
+        assert_eq!(m.host_uid(65536), Some(165535));
+        assert_eq!(m.host_uid(65537), None);
+        assert_eq!(m.host_gid(50), Some(1001));
+        assert_eq!(m.host_gid(51), Some(200050));
+        assert_eq!(m.counts(), (65537, 65537));
+        assert!(m.is_full() && m.has_root());
+        assert_eq!(m.contiguous_max(), (65536, 65536));
+        // Uid 0: the default layout, the same key.
+        let d = IdMapping::keep_id((1000, 0), (1001, 0), sub, Some((200000, 65536)));
+        assert_eq!(d, IdMapping::from_ranges(1000, 1001, sub, Some((200000, 65536))));
+        assert_eq!(d.uids.len(), 2);
+        // Above the range: the range from 0, then the one id.
+        let hi = IdMapping::keep_id((1000, 100000), (1000, 100000), sub, sub);
+        assert_eq!(hi.host_uid(65535), Some(165535));
+        assert_eq!(hi.host_uid(65536), None);
+        assert_eq!(hi.host_uid(100000), Some(1000));
+        assert_eq!(hi.contiguous_max(), (65535, 65535));
+        assert_eq!(hi.max_uid(), 100000);
+        // Without ranges: only the one id, and no root.
+        let one = IdMapping::keep_id((1000, 4242), (1000, 4242), None, sub);
+        assert_eq!(one.uids, vec![IdRange { container: 4242, host: 1000, count: 1 }]);
+        assert!(!one.is_full() && !one.has_root());
+        assert_ne!(one.key(), IdMapping::from_ranges(1000, 1000, None, None).key());
+    }
+
+    /// The death signal survives becoming uid 0 of a namespace where that
+    /// is another host id than the caller's (keep-id): the child dies with
+    /// the thread that spawned it.
+    #[test]
+    fn death_signal_survives_a_new_uid() {
+        if !Uid::effective().is_root() {
+            return;
+        }
+        let m = IdMapping {
+            uids: vec![IdRange { container: 0, host: 200000, count: 1 }],
+            gids: vec![IdRange { container: 0, host: 200000, count: 1 }],
+        };
+        let opts = SpawnOptions { parent_death_signal: Some(Signal::SIGKILL), ..Default::default() };
+        let pid = std::thread::spawn(move || spawn(&m, Path::new("/bin/sleep"), &["100".into()], &opts).unwrap()).join().unwrap();
+        let st = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(st, nix::sys::wait::WaitStatus::Signaled(pid, Signal::SIGKILL, false));
     }
 
     /// A real child in new user + PID namespaces (tests run as root, which

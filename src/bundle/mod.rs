@@ -38,9 +38,9 @@ pub use rootfs::prepare_rootfs;
 pub use seccomp::{default_seccomp, libcontainer_compat, seccomp_for};
 pub use spec::{
     default_capabilities, id_map, remove_namespace, runtime_spec, set_namespace, ContainerSettings,
-    UserNamespace, DEFAULT_NOFILE, DEFAULT_PATH,
+    ProvideUser, UserNamespace, DEFAULT_NOFILE, DEFAULT_PATH,
 };
-pub use user::{ResolvedUser, UserSpec};
+pub use user::{ResolvedUser, UserDb, UserSpec};
 
 /// Why a bundle could not be made.
 #[derive(Debug, thiserror::Error)]

@@ -14,7 +14,7 @@ use oci_spec::runtime::{
 };
 
 use super::seccomp::seccomp_for;
-use super::user::UserSpec;
+use super::user::{UserDb, UserSpec};
 use super::BundleError;
 
 /// `PATH` when the image sets none (Docker's default).
@@ -132,6 +132,17 @@ pub struct ContainerSettings {
     /// sysfs can only be mounted by the owner of the network namespace.
     host_network: bool,
     user_namespace: UserNamespace,
+    provide_user: Option<ProvideUser>,
+}
+
+/// Where and under which name to provide a passwd entry for a non-root
+/// uid that has none in the image (see [`ContainerSettings::provide_user`]).
+#[derive(Debug, Clone)]
+pub struct ProvideUser {
+    /// A host directory [`runtime_spec`] writes `passwd` and `group` into.
+    pub dir: PathBuf,
+    /// The name wanted for the entry (e.g. the invoking user's).
+    pub name: String,
 }
 
 impl ContainerSettings {
@@ -151,6 +162,7 @@ impl ContainerSettings {
             rlimit_nofile: None,
             host_network: false,
             user_namespace: UserNamespace::default(),
+            provide_user: None,
         }
     }
 
@@ -222,6 +234,16 @@ impl ContainerSettings {
         self.user_namespace = user_namespace;
         self
     }
+
+    /// When the process's uid is not 0 and has no `/etc/passwd` entry in
+    /// the image, write the image's passwd and group with one added into
+    /// `p.dir`, bind them over `/etc/passwd` and `/etc/group`, and give the
+    /// user a writable home (a tmpfs it owns) as `HOME`, so that `whoami`,
+    /// git and ssh work.
+    pub fn provide_user(mut self, p: ProvideUser) -> Self {
+        self.provide_user = Some(p);
+        self
+    }
 }
 
 /// Builds the runtime spec of a container of `image` whose root filesystem
@@ -243,7 +265,22 @@ pub fn runtime_spec(image: &ImageConfiguration, rootfs: &Path, settings: &Contai
         (None, Some(u)) if !u.is_empty() => UserSpec::parse(u)?,
         _ => UserSpec::ids(0, None),
     };
-    let user = user_spec.resolve(rootfs)?;
+    let db = UserDb::read(rootfs)?;
+    let mut user = user_spec.resolve_in_db(&db)?;
+    let mut user_mounts = Vec::new();
+    if let (Some(p), None, false) = (&settings.provide_user, &user.name, user.uid == 0) {
+        let (files, home) = db.with_entry_for(&user, &p.name);
+        for (name, text) in [("passwd", &files.passwd), ("group", &files.group)] {
+            let path = p.dir.join(name);
+            std::fs::write(&path, text).map_err(|source| BundleError::Write { path: path.clone(), source })?;
+            let dest = format!("/etc/{name}");
+            user_mounts.push(mount(&dest, "bind", &path.to_string_lossy(), &["rbind", "rprivate", "nosuid", "nodev"]));
+        }
+        // One option each: runtimes pass them to fsconfig(2) one by one.
+        let (uid, gid) = (format!("uid={}", user.uid), format!("gid={}", user.gid));
+        user_mounts.push(mount(&home, "tmpfs", "tmpfs", &["nosuid", "nodev", "mode=0700", &uid, &gid]));
+        user.home = home;
+    }
 
     let env = merge_env(config.and_then(|c| c.env().as_deref()).unwrap_or_default(), settings, &user.home)?;
 
@@ -327,7 +364,10 @@ pub fn runtime_spec(image: &ImageConfiguration, rootfs: &Path, settings: &Contai
     let mut spec = Spec::default();
     spec.set_version(OCI_VERSION.to_string());
     spec.set_root(Some(root));
-    spec.set_mounts(Some(mounts(settings)?));
+    let mut mounts = mounts(settings)?;
+    mounts.retain(|m| !user_mounts.iter().any(|u| u.destination() == m.destination()));
+    mounts.extend(user_mounts);
+    spec.set_mounts(Some(mounts));
     spec.set_process(Some(process));
     spec.set_hostname(Some(settings.hostname.clone()));
     spec.set_domainname(None);
@@ -590,6 +630,34 @@ mod tests {
         assert_eq!(env(&spec), [format!("PATH={DEFAULT_PATH}"), "HOSTNAME=h".into(), "HOME=/root".into()]);
         for (k, v) in [("", "x"), ("A=B", "x"), ("A", "x\0y")] {
             assert!(runtime_spec(&img, r.path(), &ContainerSettings::new("h").env(k, v)).is_err(), "{k:?}={v:?}");
+        }
+    }
+
+    #[test]
+    fn provided_user_entry_home_and_mounts() {
+        let (r, img) = busybox_like();
+        let out = tempfile::tempdir().unwrap();
+        let provide = || ProvideUser { dir: out.path().to_path_buf(), name: "jenkins".into() };
+        let s = ContainerSettings::new("c").user(UserSpec::ids(4242, Some(4242))).provide_user(provide());
+        let spec = runtime_spec(&img, r.path(), &s).unwrap();
+        assert!(env(&spec).contains(&"HOME=/home/jenkins".to_string()));
+        let passwd = std::fs::read_to_string(out.path().join("passwd")).unwrap();
+        assert!(passwd.starts_with("root:x:0:0") && passwd.ends_with("jenkins:x:4242:4242:jenkins:/home/jenkins:/bin/sh\n"), "{passwd}");
+        assert!(std::fs::read_to_string(out.path().join("group")).unwrap().ends_with("jenkins:x:4242:\n"));
+        assert_eq!(mount_of(&spec, "/etc/passwd").source().as_deref(), Some(out.path().join("passwd").as_path()));
+        assert_eq!(mount_of(&spec, "/etc/group").typ().as_deref(), Some("bind"));
+        let home = mount_of(&spec, "/home/jenkins");
+        assert_eq!(home.typ().as_deref(), Some("tmpfs"));
+        let opts = home.options().as_ref().unwrap();
+        assert!(opts.contains(&"uid=4242".to_string()) && opts.contains(&"gid=4242".to_string()), "{opts:?}");
+        // A user with an entry, root, or no provide_user: the image's files.
+        for s in [
+            ContainerSettings::new("c").user(UserSpec::parse("www").unwrap()).provide_user(provide()),
+            ContainerSettings::new("c").user(UserSpec::ids(0, None)).provide_user(provide()),
+            ContainerSettings::new("c").user(UserSpec::ids(4242, None)),
+        ] {
+            let spec = runtime_spec(&img, r.path(), &s).unwrap();
+            assert!(spec.mounts().as_ref().unwrap().iter().all(|m| m.destination() != Path::new("/etc/passwd")));
         }
     }
 

@@ -47,6 +47,56 @@ pub struct ResolvedUser {
     pub additional_gids: Vec<u32>,
     /// Home directory from passwd, `/` when the user has no entry.
     pub home: String,
+    /// The passwd entry's name; `None` when the uid has no entry.
+    pub name: Option<String>,
+}
+
+/// The image's `/etc/passwd` and `/etc/group` (empty when absent).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UserDb {
+    pub passwd: String,
+    pub group: String,
+}
+
+impl UserDb {
+    /// Reads both files in-root from the image at `rootfs`.
+    pub fn read(rootfs: &Path) -> Result<UserDb, BundleError> {
+        let root = Root::open(rootfs).map_err(|source| BundleError::Rootfs {
+            rootfs: rootfs.to_path_buf(),
+            op: "opening",
+            path: "/",
+            source,
+        })?;
+        Ok(UserDb {
+            passwd: read_db(&root, "/etc/passwd")?.unwrap_or_default(),
+            group: read_db(&root, "/etc/group")?.unwrap_or_default(),
+        })
+    }
+
+    /// The files with an entry added for `user`, who has none (as the
+    /// docker-slaves plugin did for Jenkins): named `name` (else
+    /// `user<UID>` when the image has that name already), home
+    /// `/home/NAME`, shell `/bin/sh`; and a group of the same name when
+    /// the gid has no entry. Returns the new files and the home.
+    pub fn with_entry_for(&self, user: &ResolvedUser, name: &str) -> (UserDb, String) {
+        let taken = |n: &str| passwd_entries(&self.passwd).any(|p| p.name == n) || group_entries(&self.group).any(|g| g.name == n);
+        let valid = !name.is_empty() && !name.contains([':', '\n', '\0', '/', ',']) && name != "." && name != "..";
+        let name = if valid && !taken(name) { name.to_string() } else { format!("user{}", user.uid) };
+        let home = format!("/home/{name}");
+        let line = |db: &str, entry: String| {
+            let mut db = db.to_string();
+            if !db.is_empty() && !db.ends_with('\n') {
+                db.push('\n');
+            }
+            db + &entry
+        };
+        let passwd = line(&self.passwd, format!("{name}:x:{}:{}:{name}:{home}:/bin/sh\n", user.uid, user.gid));
+        let group = match group_entries(&self.group).any(|g| g.gid == user.gid) {
+            true => self.group.clone(),
+            false => line(&self.group, format!("{name}:x:{}:\n", user.gid)),
+        };
+        (UserDb { passwd, group }, home)
+    }
 }
 
 impl UserSpec {
@@ -90,15 +140,12 @@ impl UserSpec {
 
     /// Resolves against the image at `rootfs`.
     pub fn resolve(&self, rootfs: &Path) -> Result<ResolvedUser, BundleError> {
-        let root = Root::open(rootfs).map_err(|source| BundleError::Rootfs {
-            rootfs: rootfs.to_path_buf(),
-            op: "opening",
-            path: "/",
-            source,
-        })?;
-        let passwd = read_db(&root, "/etc/passwd")?;
-        let group = read_db(&root, "/etc/group")?;
-        self.resolve_in(passwd.as_deref().unwrap_or_default(), group.as_deref().unwrap_or_default())
+        self.resolve_in_db(&UserDb::read(rootfs)?)
+    }
+
+    /// Resolves against user databases already read.
+    pub fn resolve_in_db(&self, db: &UserDb) -> Result<ResolvedUser, BundleError> {
+        self.resolve_in(&db.passwd, &db.group)
     }
 
     fn resolve_in(&self, passwd: &str, group: &str) -> Result<ResolvedUser, BundleError> {
@@ -107,7 +154,7 @@ impl UserSpec {
             IdOrName::Name(name) => p.name == name,
         });
         let (uid, mut gid, home, name) = match (&self.user, entry) {
-            (_, Some(p)) => (p.uid, p.gid, p.home.to_string(), Some(p.name)),
+            (_, Some(p)) => (p.uid, p.gid, p.home.to_string(), Some(p.name.to_string())),
             (IdOrName::Id(id), None) => (*id, 0, "/".to_string(), None),
             (IdOrName::Name(n), None) => return Err(BundleError::UnknownUser(n.clone())),
         };
@@ -121,7 +168,7 @@ impl UserSpec {
                     .ok_or_else(|| BundleError::UnknownGroup(n.clone()))?;
             }
             None => {
-                if let Some(name) = name {
+                if let Some(name) = &name {
                     for g in group_entries(group).filter(|g| g.members.split(',').any(|m| m == name)) {
                         if !additional_gids.contains(&g.gid) {
                             additional_gids.push(g.gid);
@@ -130,7 +177,7 @@ impl UserSpec {
                 }
             }
         }
-        Ok(ResolvedUser { uid, gid, additional_gids, home: if home.is_empty() { "/".into() } else { home } })
+        Ok(ResolvedUser { uid, gid, additional_gids, home: if home.is_empty() { "/".into() } else { home }, name })
     }
 }
 
@@ -267,7 +314,10 @@ mod tests {
     fn name_resolves_with_supplementary_groups() {
         let r = rootfs(PASSWD, GROUP);
         let u = resolve(r.path(), "app").unwrap();
-        assert_eq!(u, ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![10, 29], home: "/home/app".into() });
+        assert_eq!(
+            u,
+            ResolvedUser { uid: 1000, gid: 1000, additional_gids: vec![10, 29], home: "/home/app".into(), name: Some("app".into()) }
+        );
         // An explicit group: no supplementary groups (runc's semantics).
         let u = resolve(r.path(), "app:staff").unwrap();
         assert_eq!((u.uid, u.gid, u.additional_gids.len()), (1000, 50, 0));
@@ -280,13 +330,36 @@ mod tests {
         let r = tempfile::tempdir().unwrap();
         assert_eq!(
             resolve(r.path(), "1234").unwrap(),
-            ResolvedUser { uid: 1234, gid: 0, additional_gids: vec![], home: "/".into() }
+            ResolvedUser { uid: 1234, gid: 0, additional_gids: vec![], home: "/".into(), name: None }
         );
         assert_eq!(resolve(r.path(), "1234:99").unwrap().gid, 99);
         // A numeric uid that has an entry takes its gid and home.
         let r = rootfs(PASSWD, GROUP);
         let u = resolve(r.path(), "1000").unwrap();
         assert_eq!((u.gid, u.home.as_str(), u.additional_gids), (1000, "/home/app", vec![10, 29]));
+    }
+
+    #[test]
+    fn an_entry_is_added_for_a_uid_without_one() {
+        let db = UserDb { passwd: PASSWD.trim_end().into(), group: GROUP.into() };
+        let u = UserSpec::ids(4242, None).resolve_in_db(&db).unwrap();
+        assert_eq!(u.name, None);
+        let (new, home) = db.with_entry_for(&u, "jenkins");
+        assert_eq!(home, "/home/jenkins");
+        assert!(new.passwd.starts_with(PASSWD.trim_end()) && new.passwd.ends_with("\njenkins:x:4242:0:jenkins:/home/jenkins:/bin/sh\n"));
+        assert_eq!(new.group, GROUP, "gid 0 has an entry");
+        let u2 = UserSpec::ids(4242, None).resolve_in_db(&new).unwrap();
+        assert_eq!((u2.name.as_deref(), u2.home.as_str()), (Some("jenkins"), "/home/jenkins"));
+        // A taken or hostile name is replaced; a new gid gets a group.
+        let u = UserSpec::ids(4242, Some(4242)).resolve_in_db(&db).unwrap();
+        for name in ["app", "a:b", "", "x\ny", ".."] {
+            let (new, home) = db.with_entry_for(&u, name);
+            assert_eq!(home, "/home/user4242", "{name:?}");
+            assert!(new.group.ends_with("\nuser4242:x:4242:\n"), "{name:?}");
+            assert_eq!(UserSpec::parse("user4242").unwrap().resolve_in_db(&new).unwrap().uid, 4242);
+        }
+        let (new, _) = UserDb::default().with_entry_for(&u, "me");
+        assert_eq!(new.passwd, "me:x:4242:4242:me:/home/me:/bin/sh\n");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use clap::Args;
 
 use berth::agent::{self, AgentSettings};
-use berth::planner::{self, PodOverrides, RootfsMode, RunSettings};
+use berth::planner::{self, PodOverrides, RootfsMode, RunSettings, UsernsMode};
 use berth::pod::{self, shorthand::ShorthandArgs};
 use berth::provision::Fetch;
 
@@ -112,6 +112,15 @@ pub struct AgentArgs {
     /// host.containers.internal.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub host_loopback: bool,
+    /// User of the build container, UID[:GID] [default: the pod file's
+    /// runAsUser, else the image's User].
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// User namespace: `keep-id` (the build's user is you, so what it writes
+    /// in the workspace is yours: Jenkins can read and clean it) or `default`
+    /// (container root is you, other ids your subordinate ids).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = UsernsMode::KeepId)]
+    pub userns: UsernsMode,
     /// Map a pod file's secret, configMap or projected volume NAME to a
     /// host file or directory (read-only; repeatable).
     #[arg(long, value_name = "NAME=PATH", value_parser = super::run::parse_volume_from, requires = "pod")]
@@ -137,6 +146,7 @@ pub fn run(g: &Global, a: AgentArgs) -> anyhow::Result<u8> {
         workdir: Some(a.workspace_path.clone()),
         volume_from: a.volume_from.clone(),
         ports: a.publish.clone(),
+        user: a.user.clone(),
     };
     let pod = match &a.pod {
         Some(file) => planner::pod_from_file(file, &overrides)?,
@@ -169,6 +179,7 @@ pub fn run(g: &Global, a: AgentArgs) -> anyhow::Result<u8> {
         verbose: g.verbose,
         http_proxy: a.http_proxy,
         host_loopback: a.host_loopback,
+        userns: a.userns,
     };
     let agent = AgentSettings {
         agent_image: a.agent_image.clone(),

@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Args;
 
-use berth::planner::{self, BundleContainer, BundlePod, PodOverrides, RootfsMode, RunSettings};
+use berth::planner::{self, BundleContainer, BundlePod, PodOverrides, RootfsMode, RunSettings, UsernsMode};
 use berth::pod::{self, shorthand::ShorthandArgs};
 use berth::provision::Fetch;
 use berth::runtime::{self, Role};
@@ -69,6 +69,15 @@ pub struct RunArgs {
     /// Environment variable for the main container (repeatable).
     #[arg(short = 'e', long = "env", value_name = "K=V")]
     pub env: Vec<String>,
+    /// User of the main container, UID[:GID] [default: the pod file's
+    /// runAsUser, else the image's User].
+    #[arg(short = 'u', long, value_name = "UID[:GID]")]
+    pub user: Option<String>,
+    /// User namespace: `default` (container root is you, other ids your
+    /// subordinate ids) or `keep-id` (the main container's user is you, so
+    /// what it writes in the workspace is yours).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t)]
+    pub userns: UsernsMode,
     /// Working directory of the main container.
     #[arg(short = 'w', long = "workdir")]
     pub workdir: Option<String>,
@@ -192,6 +201,7 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         verbose: g.verbose,
         http_proxy: a.http_proxy,
         host_loopback: a.host_loopback,
+        userns: a.userns,
     };
     if let Some(main) = &a.bundle {
         return planner::run_bundles(&paths, &bundle_pod(&a, main)?, &settings);
@@ -206,6 +216,7 @@ pub fn run(g: &Global, a: RunArgs) -> anyhow::Result<u8> {
         env: a.env.clone(),
         workdir: a.workdir.clone(),
         volume_from: a.volume_from.clone(),
+        user: a.user.clone(),
     };
     if let (Some(file), true) = (&a.pod, a.dry_run) {
         return super::check::print_plan(file, &overrides, &settings);

@@ -31,4 +31,5 @@ mod unpack_hostile;
 mod unpack_layers;
 mod unpack_rootless;
 mod validate;
+mod userns_keepid;
 mod vm_guest;
