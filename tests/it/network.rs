@@ -32,21 +32,19 @@ fn host_http_server(body: &'static str) -> u16 {
     port
 }
 
-/// Processes whose command line mentions `needle` (a pod's state dir).
-fn processes_with(needle: &str) -> Vec<String> {
+/// The network helper of pod `name`: the process whose stderr is its log in
+/// the pod's state directory (pasta.log, slirp4netns.log). Its command line
+/// names the namespace and pid file by descriptor, so it is found this way.
+fn helper_of(env: &Env, name: &str) -> Vec<String> {
+    let dir = env.run_root.join("pods").join(name);
     std::fs::read_dir("/proc")
         .unwrap()
         .flatten()
         .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter(|e| std::fs::read_link(e.path().join("fd/2")).is_ok_and(|l| l.starts_with(&dir) && l.to_string_lossy().ends_with(".log")))
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(needle) && !c.contains("network::"))
         .collect()
-}
-
-/// The helper of pod `name` (its command line names the pod's netns file).
-fn helper_of(env: &Env, name: &str) -> Vec<String> {
-    processes_with(&env.run_root.join("pods").join(name).join("netns").display().to_string())
 }
 
 fn start_until_ready(env: &Env, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {

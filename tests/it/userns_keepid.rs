@@ -245,7 +245,11 @@ fn a_killed_keep_id_pod_leaves_nothing_behind() {
     let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
+    if line != "ready\n" {
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+        panic!("the pod did not start: {err}");
+    }
     let ps = s.env.run_as_user(&["ps"]).ok();
     assert!(ps.stdout.lines().any(|l| l.starts_with("doomed\t")), "{ps:?}");
     let state = s.env.run_root.join("pods/doomed");
