@@ -27,7 +27,7 @@ pub struct CheckArgs {
     #[arg(long, value_name = "NAME")]
     pub main: Option<String>,
     /// Map the pod file's volume NAME to a host file or directory (repeatable).
-    #[arg(long, value_name = "NAME=PATH", value_parser = super::run::parse_volume_from)]
+    #[arg(long, value_name = "NAME=PATH", value_parser = super::pod_options::parse_volume_from)]
     pub volume_from: Vec<(String, PathBuf)>,
     /// Where the workspace appears in the containers.
     #[arg(long, value_name = "PATH", default_value = "/workspace")]

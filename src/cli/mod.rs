@@ -20,6 +20,7 @@ mod agent;
 mod bundle;
 mod check;
 mod images;
+mod pod_options;
 mod pods;
 mod pull;
 mod run;
