@@ -5,9 +5,9 @@
 //! variables pass through, and no helper outlives its pod (normal end,
 //! SIGTERM, berth SIGKILLed). Only loopback targets: CI has no internet.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -45,15 +45,6 @@ fn helper_of(env: &Env, name: &str) -> Vec<String> {
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
         .collect()
-}
-
-fn start_until_ready(env: &Env, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = env.berth_as_user(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n", "berth {args:?}");
-    (child, out)
 }
 
 #[test]

@@ -3,9 +3,9 @@
 //! unpacks, and a full disk during a pull. End to end, mostly as the
 //! unprivileged test user.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdout, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use crate::common::*;
@@ -14,17 +14,6 @@ use crate::common::*;
 fn setup() -> Served {
     let image = Image::new(vec![Layer::new(&busybox_tar(), Comp::Gzip, false), Layer::new(&owned_layer(), Comp::Zstd, false)]);
     Served::start("berth/busybox", &image, true)
-}
-
-/// Starts `berth ARGS` as the test user and waits for the main container to
-/// print `ready`.
-fn start_until_ready(env: &Env, args: &[&str]) -> (Child, BufReader<ChildStdout>) {
-    let mut child = env.berth_as_user(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    (child, out)
 }
 
 /// Every path under `dir`.

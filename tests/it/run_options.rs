@@ -2,10 +2,8 @@
 //! unprivileged test user: `--rootfs overlay|copy|auto`, the pod file's
 //! grace period, leftover cleanup by any command, peak memory.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -159,17 +157,6 @@ fn pod_file_grace_period_applies_unless_grace_is_given() {
     s.env.chown();
     let line = s.env.run_as_user(&["run", "--pod", bad.to_str().unwrap()]).provision_failure();
     assert!(line.contains("bad.yaml:6:") && line.contains("negative"), "{line}");
-}
-
-/// Starts `berth ARGS` as the test user with stdout piped, and waits for
-/// the main container to print `ready`.
-fn start_until_ready(env: &Env, args: &[&str]) -> (Child, BufReader<std::process::ChildStdout>) {
-    let mut child = env.berth_as_user(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut out = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line).unwrap();
-    assert_eq!(line, "ready\n");
-    (child, out)
 }
 
 #[test]

@@ -1180,3 +1180,21 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, rate: Option<Arc<AtomicU64>>, cu
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
+
+/// Starts `berth ARGS` as the test user with stdout and stderr piped, and
+/// waits for the main container to print `ready`; on anything else, fails
+/// with berth's stderr.
+pub fn start_until_ready(env: &Env, args: &[&str]) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>) {
+    use std::io::{BufRead as _, Read as _};
+    use std::process::Stdio;
+    let mut child = env.berth_as_user(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    if line != "ready\n" {
+        let mut err = String::new();
+        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
+        panic!("berth {args:?} did not start: stdout {line:?}, stderr {err}");
+    }
+    (child, out)
+}
