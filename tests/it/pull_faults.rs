@@ -189,6 +189,10 @@ fn registry_killed_mid_pull() {
     let partial = env.root.join("ingest").join(format!("{}.partial", hex_of(&big.digest())));
     assert!(wait_until(Duration::from_secs(30), || std::fs::metadata(&partial).map(|m| m.len() > 500_000).unwrap_or(false)));
     reg.kill();
+    // What the registry had already written sits in the proxy's socket
+    // buffers (several MiB on loopback), enough to finish a small layer:
+    // cut the open connections too, as the registry's death would.
+    proxy.set_cut_after(1);
     let out = child.wait_with_output().unwrap();
     let run = Run {
         code: out.status.code().unwrap_or(-1),
