@@ -81,6 +81,9 @@ controller() { "$JDK/bin/java" -cp "$work/classes" Controller "$@"; }
 # The floor: the same JRE and jar on the host, started by its own path.
 direct=("${U[@]}" "$jre/opt/java/openjdk/bin/java" -jar "$work/agent.jar" -workDir "$work/ws" -jar-cache "$work/ws/jars")
 berth=("${U[@]}" "$B" agent --tls-verify=false --agent-image "$jre_img" --agent-jar "$work/agent.jar" "$bb_img")
+# The same with --network none, as the podman row runs (the default outbound
+# network starts pasta, which tests/bench/net.sh measures).
+berth_none=("${U[@]}" "$B" agent --network none --tls-verify=false --agent-image "$jre_img" --agent-jar "$work/agent.jar" "$bb_img")
 podman_cmd=()
 if command -v podman >/dev/null; then
   P=(podman --root "$work/home/podman" --runroot "$work/home/podman-run" --runtime runc --cgroup-manager=cgroupfs)
@@ -109,11 +112,12 @@ stream() {
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit} m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m}'; }
 
 # Warm-up, then interleaved rounds so background load hits all alike.
-up warm "${direct[@]}"; up warm "${berth[@]}"
+up warm "${direct[@]}"; up warm "${berth[@]}"; up warm "${berth_none[@]}"
 [ ${#podman_cmd[@]} -gt 0 ] && up warm "${podman_cmd[@]}"
 for _ in $(seq "$N"); do
   up direct "${direct[@]}"
   up berth "${berth[@]}"
+  up berth-none "${berth_none[@]}"
   [ ${#podman_cmd[@]} -gt 0 ] && up podman "${podman_cmd[@]}"
 done
 for _ in 1 2 3; do
@@ -133,15 +137,16 @@ done
 jar_ms() { awk '{split($3, a, "="); print a[2]}' "$1" | median; }
 jar_line() { head -1 "$1" | awk '{print $1, $2}'; }
 
-d=$(median <"$work/up-direct"); b=$(median <"$work/up-berth"); p=$(median <"$work/up-podman" 2>/dev/null || echo -)
+d=$(median <"$work/up-direct"); b=$(median <"$work/up-berth"); bn=$(median <"$work/up-berth-none"); p=$(median <"$work/up-podman" 2>/dev/null || echo -)
 sd=$(median <"$work/mb-direct"); sb=$(median <"$work/mb-berth")
 echo "machine: $(nproc) cores, kernel $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| start to channel up (median of $N) | ms |"
 echo "|---|---|"
 echo "| stand-in agent, direct | $d |"
-echo "| \`berth agent\` (busybox + injected JRE) | $b (+$(awk -v a="$b" -v b="$d" 'BEGIN {print a - b}')) |"
-echo "| \`podman run -i\` (same images, command) | $p |"
+echo "| \`berth agent\` (busybox + injected JRE; outbound network) | $b (+$(awk -v a="$b" -v b="$d" 'BEGIN {print a - b}')) |"
+echo "| \`berth agent --network none\` | $bn (+$(awk -v a="$bn" -v b="$d" 'BEGIN {print a - b}')) |"
+echo "| \`podman run -i --network=none\` (same images, command) | $p |"
 echo
 echo "| 64 MiB each way (median of 3) | ms | MB/s each way |"
 echo "|---|---|---|"
