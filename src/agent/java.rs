@@ -287,7 +287,7 @@ fn is_whiteout(m: &std::fs::Metadata) -> bool {
 
 fn is_opaque(dir: &Path) -> bool {
     let Ok(path) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
-    let name = std::ffi::CString::new(crate::unpack::OVERLAY_XATTR_PREFIX.to_string() + "opaque").expect("no NUL");
+    let name = std::ffi::CString::new(crate::unpack::whiteout::OPAQUE_XATTR).expect("no NUL");
     let mut buf = [0u8; 4];
     // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
     let n = unsafe { libc::lgetxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };

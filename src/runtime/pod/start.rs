@@ -37,17 +37,17 @@ impl Pod {
             workspace: &self.plan.workspace,
             workspace_path: &self.plan.workspace_path,
         };
-        // Every bundle first: a broken one fails before anything runs.
-        // Each distinct seccomp profile is compiled once (see `seccomp`).
         // Image volumes before the containers that bind-mount them.
         for v in &self.plan.image_volumes {
             container::prepare_tree(&v.name, &v.path, &v.tree, &v.path)?;
         }
+        // Every bundle first: a broken one fails before anything runs.
+        // Each distinct seccomp profile is compiled once (see `seccomp`).
         let mut filters = Filters::new(self.dir.seccomp_cache());
         let mut bundles = Vec::new();
         // The main command may be one an init container puts on a volume:
-        // where it is missing now, it is looked for again after them.
-        let has_init = self.plan.containers.iter().any(|c| c.role == Role::Init);
+        // where it is missing now, it is looked for again after the last.
+        let last_init = self.members.iter().rposition(|m| m.role == Role::Init);
         let mut check_main_later = None;
         for (i, c) in self.plan.containers.iter().enumerate() {
             let rootfs = container::prepare_rootfs(c, &self.dir.rootfs(&c.name))?;
@@ -58,10 +58,10 @@ impl Pod {
             })?;
             if c.role == Role::Main {
                 if let Err((path, why)) = container::check_command(&spec, &rootfs) {
-                    if !has_init {
+                    if last_init.is_none() {
                         return Err(ContainerError::Command { name: c.name.clone(), path, why }.into());
                     }
-                    check_main_later = Some((spec.clone(), rootfs.clone()));
+                    check_main_later = Some((c.name.clone(), spec.clone(), rootfs.clone()));
                 }
             }
             let b = self.dir.bundle(&c.name);
@@ -81,7 +81,6 @@ impl Pod {
 
         // The sidecars after the last init container start together, then
         // are waited for together.
-        let last_init = self.members.iter().rposition(|m| m.role == Role::Init);
         let mut together = Vec::new();
         for (i, bundle) in bundles.iter().enumerate() {
             match self.members[i].role {
@@ -93,8 +92,7 @@ impl Pod {
                         return Err(PodError::InitFailed { name, code });
                     }
                     if Some(i) == last_init {
-                        if let Some((spec, rootfs)) = check_main_later.take() {
-                            let name = self.members.iter().find(|m| m.role == Role::Main).map(|m| m.name.clone()).unwrap_or_default();
+                        if let Some((name, spec, rootfs)) = check_main_later.take() {
                             container::check_command(&spec, &rootfs).map_err(|(path, why)| ContainerError::Command { name, path, why })?;
                         }
                     }
