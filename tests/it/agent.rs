@@ -231,7 +231,7 @@ fn controller_cmd(actions: &[&str], agent: &Command) -> Command {
 }
 
 /// Processes whose environment holds `marker` (the pod's, by `-e`).
-fn processes_with(marker: &str) -> Vec<i32> {
+fn processes_marked(marker: &str) -> Vec<i32> {
     let mut pids = Vec::new();
     for e in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
@@ -249,7 +249,7 @@ fn marker(name: &str) -> String {
 }
 
 fn assert_pod_gone(bed: &Bed, marker: &str) {
-    assert!(wait_until(std::time::Duration::from_secs(2), || processes_with(marker).is_empty()), "pod processes left: {:?}", processes_with(marker));
+    assert!(wait_until(std::time::Duration::from_secs(2), || processes_marked(marker).is_empty()), "pod processes left: {:?}", processes_marked(marker));
     let pods = std::fs::read_dir(bed.s.env.run_root.join("pods")).map(|d| d.count()).unwrap_or(0);
     assert_eq!(pods, 0, "pod state left behind");
 }

@@ -122,22 +122,6 @@ fn bundle_is_self_contained_and_cached() {
     assert!(walk(&s.env.root.join("layers")).iter().all(|p| !p.ends_with("bin/busybox")), "gc left unreferenced layers");
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn container_cannot_see_the_store_or_host() {
     let s = setup();

@@ -16,23 +16,6 @@ fn setup() -> Served {
     Served::start("berth/busybox", &image, true)
 }
 
-/// Every path under `dir`.
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                stack.push(p.clone());
-            }
-            out.push(p);
-        }
-    }
-    out
-}
-
 fn has_busybox_layer(env: &Env) -> bool {
     walk(&env.root.join("layers")).iter().any(|p| p.ends_with("bin/busybox"))
 }
@@ -48,12 +31,6 @@ fn trigger_workspace(env: &Env) -> PathBuf {
 
 const WAIT_THEN_USE_ROOT: &str =
     "echo ready; while ! test -e /workspace/go; do sleep 1; done; ls /bin/sh /etc/passwd >/dev/null && echo alive";
-
-fn no_process_with(arg: &str) -> bool {
-    std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-        std::fs::read(e.path().join("cmdline")).map(|c| !String::from_utf8_lossy(&c).contains(arg)).unwrap_or(true)
-    })
-}
 
 #[test]
 fn rmi_and_gc_leave_a_running_pods_layers() {
@@ -85,7 +62,7 @@ fn rmi_and_gc_leave_a_running_pods_layers() {
 fn gc_after_a_tag_moves_keeps_the_old_pods_layers_until_it_is_killed() {
     let s = setup();
     let ws = trigger_workspace(&s.env);
-    let script = format!("{WAIT_THEN_USE_ROOT}; sleep 1003");
+    let script = format!("{WAIT_THEN_USE_ROOT}; sleep 1013");
     let (mut child, mut out) =
         start_until_ready(&s.env, &["run", "--workspace", ws.to_str().unwrap(), &s.image, "--", "sh", "-c", &script]);
     // The tag moves to an image sharing no layer, which is pulled.
@@ -101,7 +78,7 @@ fn gc_after_a_tag_moves_keeps_the_old_pods_layers_until_it_is_killed() {
     // A pod whose berth was SIGKILLed holds nothing.
     assert_eq!(unsafe { libc::kill(berth_pid(&child), libc::SIGKILL) }, 0);
     let _ = child.wait();
-    assert!(wait_until(Duration::from_secs(5), || no_process_with("sleep\x001003")), "the pod died with berth");
+    assert!(wait_until(Duration::from_secs(5), || processes_with("sleep 1013").is_empty()), "the pod died with berth");
     let gc = s.env.run_as_user(&["gc"]).ok();
     assert!(gc.stderr.contains("removed 2 unpacked layers"), "{gc:?}");
     assert!(!has_busybox_layer(&s.env));
@@ -147,11 +124,11 @@ fn a_killed_pods_workspace_is_not_the_next_runs() {
     let s = setup();
     let (mut child, _out) = start_until_ready(
         &s.env,
-        &["run", "--name", "sk", &s.image, "--", "sh", "-c", "echo x > /workspace/f; busybox chown 1000 /workspace/f; echo ready; sleep 1004"],
+        &["run", "--name", "sk", &s.image, "--", "sh", "-c", "echo x > /workspace/f; busybox chown 1000 /workspace/f; echo ready; sleep 1014"],
     );
     assert_eq!(unsafe { libc::kill(berth_pid(&child), libc::SIGKILL) }, 0);
     let _ = child.wait();
-    assert!(wait_until(Duration::from_secs(5), || no_process_with("sleep\x001004")), "the pod died with berth");
+    assert!(wait_until(Duration::from_secs(5), || processes_with("sleep 1014").is_empty()), "the pod died with berth");
     let next = s.env.run_as_user(&["run", "--name", "sk", &s.image, "--", "ls", "-A", "/workspace"]).ok();
     assert_eq!(next.stdout, "", "the next run saw the killed pod's files");
     let left: Vec<PathBuf> = walk(&s.env.run_root).into_iter().filter(|p| p.starts_with(s.env.run_root.join("workspaces")) || p.ends_with("f")).collect();

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::common::{berth_pid, chown_to_test_user, test_user_ids, wait_until, TEST_USER};
+use crate::common::{berth_pid, chown_to_test_user, processes_with, test_user_ids, wait_until, TEST_USER};
 
 /// A scratch area berthtest can use: the berth binary, bundles, run root.
 struct Env {
@@ -102,23 +102,6 @@ impl Env {
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     }
-}
-
-/// Processes whose command line mentions `needle`.
-fn processes_with(needle: &str) -> Vec<(i32, String)> {
-    let mut out = Vec::new();
-    for e in fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        if pid as u32 == std::process::id() {
-            continue;
-        }
-        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
-        if cmd.contains(needle) {
-            out.push((pid, cmd));
-        }
-    }
-    out
 }
 
 #[test]

@@ -13,24 +13,11 @@ use crate::common::*;
 /// busybox with a `jenkins` user 1000:1000 whose home (owned by 1000) is
 /// in the image; the config's User is `user`.
 fn image_with_user(user: &str) -> Image {
-    let mut b = tar::Builder::new(Vec::new());
-    let entries: [(&str, u32, u64, &[u8]); 3] = [
+    let users = owned_tar(&[
         ("etc/passwd", 0o644, 0, b"root:x:0:0:root:/root:/bin/sh\njenkins:x:1000:1000:Jenkins:/home/jenkins:/bin/sh\n"),
         ("etc/group", 0o644, 0, b"root:x:0:\njenkins:x:1000:\n"),
         ("home/jenkins/", 0o755, 1000, b""),
-    ];
-    for (path, mode, uid, data) in entries {
-        let mut h = tar::Header::new_ustar();
-        h.set_path(path).unwrap();
-        h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
-        h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
-        h.set_size(data.len() as u64);
-        h.set_cksum();
-        b.append(&h, data).unwrap();
-    }
-    let users = b.into_inner().unwrap();
+    ]);
     let mut image = Image::new(vec![Layer::new(&busybox_tar(), Comp::Gzip, false), Layer::new(&users, Comp::Gzip, false)]);
     let mut config: serde_json::Value = serde_json::from_slice(&image.config).unwrap();
     config["config"]["User"] = user.into();
@@ -234,7 +221,7 @@ fn sigterm_reaches_a_keep_id_pod() {
 fn a_killed_keep_id_pod_leaves_nothing_behind() {
     use std::io::BufRead;
     let s = Served::start("berth/jenkins", &image_with_user("1000"), true);
-    let script = "echo x > /tmp/mine; echo ready; sleep 1003";
+    let script = "echo x > /tmp/mine; echo ready; sleep 1023";
     let mut child = s
         .env
         .berth_as_user(&["run", "--userns", "keep-id", "--name", "doomed", &s.image, "--", "sh", "-c", script])
@@ -256,11 +243,7 @@ fn a_killed_keep_id_pod_leaves_nothing_behind() {
     assert!(state.is_dir());
     assert_eq!(unsafe { libc::kill(berth_pid(&child), libc::SIGKILL) }, 0);
     let _ = child.wait();
-    let gone = wait_until(std::time::Duration::from_secs(5), || {
-        std::fs::read_dir("/proc").unwrap().flatten().all(|e| {
-            std::fs::read(e.path().join("cmdline")).map(|c| !String::from_utf8_lossy(&c).contains("sleep\x001003")).unwrap_or(true)
-        })
-    });
+    let gone = wait_until(std::time::Duration::from_secs(5), || processes_with("sleep 1023").is_empty());
     let ps = String::from_utf8_lossy(&Command::new("ps").args(["-eo", "pid,ppid,user,stat,args"]).output().unwrap().stdout).into_owned();
     assert!(gone, "the pod died with berth: {ps}");
     s.env.run_as_user(&["images"]).ok();

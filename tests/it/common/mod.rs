@@ -470,23 +470,46 @@ pub fn busybox_tar_with(extra_applets: &[&str]) -> Vec<u8> {
 /// (`/home/builder/notes`) and a setuid root file (`/bin/suid`), for tests
 /// of ownership through unpacking and copying.
 pub fn owned_layer() -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, mode, uid, data) in [
-        ("home/builder/", 0o755, 1000u64, &b""[..]),
+    owned_tar(&[
+        ("home/builder/", 0o755, 1000, b""),
         ("home/builder/notes", 0o644, 1000, b"mine\n"),
         ("bin/suid", 0o4755, 0, b"#!/bin/sh\n"),
-    ] {
+    ])
+}
+
+/// A tar of `(path, mode, owner, data)` entries, each owned by uid and gid
+/// `owner`; a path ending in `/` is a directory.
+pub fn owned_tar(entries: &[(&str, u32, u64, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for &(path, mode, owner, data) in entries {
         let mut h = tar::Header::new_ustar();
         h.set_path(path).unwrap();
         h.set_mode(mode);
-        h.set_uid(uid);
-        h.set_gid(uid);
+        h.set_uid(owner);
+        h.set_gid(owner);
         h.set_entry_type(if path.ends_with('/') { tar::EntryType::Directory } else { tar::EntryType::Regular });
         h.set_size(data.len() as u64);
         h.set_cksum();
         b.append(&h, data).unwrap();
     }
     b.into_inner().unwrap()
+}
+
+/// Every path under `dir` (not following symlinks; unreadable parts skipped).
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
 }
 
 /// A registry serving one image, and an environment for [`TEST_USER`] whose
@@ -1197,4 +1220,21 @@ pub fn start_until_ready(env: &Env, args: &[&str]) -> (std::process::Child, std:
         panic!("berth {args:?} did not start: stdout {line:?}, stderr {err}");
     }
     (child, out)
+}
+
+/// Processes whose command line mentions `needle`.
+pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        if pid as u32 == std::process::id() {
+            continue;
+        }
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(needle) {
+            out.push((pid, cmd));
+        }
+    }
+    out
 }
