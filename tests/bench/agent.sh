@@ -18,35 +18,12 @@
 #
 #   sudo tests/bench/agent.sh                 # builds berth --release first
 #   sudo BERTH_BIN=target/release/berth N=20 tests/bench/agent.sh
-set -euo pipefail
-cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-repo=$PWD
+. "$(dirname "$0")/common.sh"
 N=${N:-10}
 JDK=${JDK:-/usr/lib/jvm/java-17-openjdk-amd64}
-log() { echo "bench: $*" >&2; }
-[ "$(id -u)" = 0 ] || { log "run as root (berth runs as the user berthtest)"; exit 1; }
-id berthtest >/dev/null 2>&1 || useradd -m -s /bin/sh berthtest
+mkdir -p "$work/ws"
+chown berthtest: "$work/ws"
 . "$repo/tests/lib/images.sh"
-
-work=$(mktemp -d /tmp/berth-bench-agent.XXXXXX)
-chmod 755 "$work"
-mkdir -p "$work/home" "$work/ws"
-chown berthtest: "$work/home" "$work/ws"
-reg_pid=
-cleanup() {
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null
-  rm -rf "$work" 2>/dev/null || true
-}
-trap cleanup EXIT
-
-berth_src=${BERTH_BIN:-}
-if [ -z "$berth_src" ]; then
-  cargo build --release --locked --bin berth >&2
-  berth_src=$repo/target/release/berth
-fi
-install -m 755 "$berth_src" "$work/berth"
-B=$work/berth
-U=(runuser -u berthtest -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME="$work/home")
 
 # The stand-ins.
 mkdir -p "$work/classes"
@@ -86,7 +63,7 @@ berth=("${U[@]}" "$B" agent --tls-verify=false --agent-image "$jre_img" --agent-
 berth_none=("${U[@]}" "$B" agent --network none --tls-verify=false --agent-image "$jre_img" --agent-jar "$work/agent.jar" "$bb_img")
 podman_cmd=()
 if command -v podman >/dev/null; then
-  P=(podman --root "$work/home/podman" --runroot "$work/home/podman-run" --runtime runc --cgroup-manager=cgroupfs)
+  P=(podman --root "$work/home/podman" --runroot "$work/home/podman-run" "${PODMAN_OPTS[@]}")
   "${U[@]}" "${P[@]}" pull -q --tls-verify=false "$jre_img" "$bb_img" >/dev/null
   podman_cmd=("${U[@]}" "${P[@]}" run -i --rm --network=none --mount "type=image,source=$jre_img,destination=/.berth/agent/jre"
     -v "$work/agent.jar:/.berth/agent/agent.jar:ro" "$bb_img"
@@ -109,7 +86,6 @@ stream() {
   local name=$1; shift
   controller echo:64 close -- "$@" 2>"$work/err" | awk '/^echo/ {split($6, a, "="); print a[2]}' >>"$work/mb-$name"
 }
-median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "-"; exit} m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; print m}'; }
 
 # Warm-up, then interleaved rounds so background load hits all alike.
 up warm "${direct[@]}"; up warm "${berth[@]}"; up warm "${berth_none[@]}"
