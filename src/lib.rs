@@ -43,3 +43,5 @@ pub mod net;
 
 // Stage 4: what runs on top of a pod.
 pub mod agent;
+/// `--isolation vm`: the pod inside a QEMU microVM.
+pub mod vm;

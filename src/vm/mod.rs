@@ -1,0 +1,21 @@
+//! `--isolation vm`: the whole pod inside one QEMU microVM.
+//!
+//! The host side provisions as in container mode (images into the store,
+//! layers into the cache, the [`crate::runtime::PodPlan`]), then:
+//! - [`kernel`]: the guest kernel and its modules (`berth vm setup`);
+//! - [`initramfs`] (over [`cpio`]): the guest's initramfs, berth itself as
+//!   `/init`, generated without root and cached by content;
+//! - [`rootfs`]: each image flattened once into a read-only EROFS image,
+//!   cached by its layers, attached as a read-only disk;
+//! - [`virtiofs`]: the workspace shared through virtiofsd, rootless;
+//! - [`qemu`]: the VMM's command line and process;
+//! - [`proto`]: the framed protocol over one virtio-serial port that carries
+//!   the plan in and stdio, signals and the exit status;
+//! - [`host`]: berth's side while the VM runs; [`guest`]: berth as the
+//!   guest's init, which runs the pod with the same runtime as on the host.
+
+pub mod cpio;
+pub mod initramfs;
+pub mod kernel;
+pub mod rootfs;
+pub mod virtiofs;
