@@ -78,6 +78,18 @@ pub struct RunSettings {
     /// `host.containers.internal`.
     pub host_loopback: bool,
     pub userns: UsernsMode,
+    /// Container or VM; `None`: what the pod file asks (annotation
+    /// `berth.dev/isolation`), else container.
+    pub isolation: Option<pod::Isolation>,
+    /// How the VM is made, with [`pod::Isolation::Vm`].
+    pub vm: crate::vm::host::VmSettings,
+}
+
+impl RunSettings {
+    /// The isolation `pod` runs with under these settings.
+    pub fn isolation_of(&self, pod: &Pod) -> pod::Isolation {
+        self.isolation.unwrap_or(pod.isolation)
+    }
 }
 
 impl Default for RunSettings {
@@ -95,6 +107,8 @@ impl Default for RunSettings {
             http_proxy: true,
             host_loopback: true,
             userns: UsernsMode::Default,
+            isolation: None,
+            vm: Default::default(),
         }
     }
 }
@@ -318,6 +332,7 @@ pub fn run_pod_adjusted(
     let provisioning = prov.store.lock_shared()?;
     let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images_by_policy(&wanted, &s.fetch)?).collect();
     if s.userns == UsernsMode::KeepId {
+        anyhow::ensure!(s.isolation_of(&pod) == pod::Isolation::Container, "--userns keep-id is not available with --isolation vm (the workspace's files are yours there anyway)");
         use_keep_id(&mut prov, &pod, &images)?;
     }
     let mut layers: HashMap<String, Vec<PathBuf>> = HashMap::new();
@@ -346,8 +361,9 @@ pub fn run_pod_adjusted(
         ports: pod.published_ports().cloned().collect(),
         share_pid: pod.share_process_namespace,
         grace: pod.grace_seconds.map(Duration::from_secs),
+        isolation: s.isolation_of(&pod),
     };
-    let status = launch(dir, &shape, s, &prov.mapping, |dir| {
+    let status = launch(paths, dir, &shape, s, &prov.mapping, |dir| {
         image_containers(&pod, s, &prov.mapping, &images, &layers, dir)
     });
     drop(lease);
@@ -391,7 +407,8 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
         None => pod::shorthand::generated_name(),
     };
     let dir = PodDir::create(&paths.run_root, &name)?;
-    let shape = PodShape { name, network: b.network, ports: b.ports.clone(), share_pid: false, grace: None };
+    let isolation = s.isolation.unwrap_or_default();
+    let shape = PodShape { name, network: b.network, ports: b.ports.clone(), share_pid: false, grace: None, isolation };
     let containers = b
         .containers
         .iter()
@@ -414,7 +431,7 @@ pub fn run_bundles(paths: &Paths, b: &BundlePod, s: &RunSettings) -> anyhow::Res
             open_stdin: false,
         })
         .collect();
-    launch(dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
+    launch(paths, dir, &shape, s, &mapping, |_| Ok((containers, Vec::new())))
 }
 
 /// What the plan takes from the pod besides its containers.
@@ -425,12 +442,14 @@ struct PodShape {
     share_pid: bool,
     /// The pod's own grace period (its file's), if any.
     grace: Option<Duration>,
+    isolation: pod::Isolation,
 }
 
 /// The one path from containers to a running pod: the workspace, the plan,
 /// the launch, and cleanup of whatever this run made, on every outcome.
 /// A pod that never started leaves nothing, `--keep` or not.
 fn launch(
+    paths: &Paths,
     dir: PodDir,
     shape: &PodShape,
     s: &RunSettings,
@@ -455,8 +474,23 @@ fn launch(
             pids_limit: s.pids_limit,
             image_volumes,
         };
-        let opts = runtime::LaunchOptions { mapping, verbose: s.verbose, keep_state: s.keep };
-        let status = runtime::launch(&plan, &dir, &opts)?;
+        let status = match shape.isolation {
+            pod::Isolation::Container => {
+                let opts = runtime::LaunchOptions { mapping, verbose: s.verbose, keep_state: s.keep };
+                runtime::launch(&plan, &dir, &opts)?
+            }
+            pod::Isolation::Vm => {
+                let l = crate::vm::host::VmLaunch { paths, mapping, verbose: s.verbose, share_workspace: s.workspace.is_some() || s.keep };
+                let status = crate::vm::host::launch(&plan, &dir, &l, &s.vm)?;
+                // The runtime's own cleanup, for the host's side of the VM.
+                if s.keep {
+                    dir.mark_kept()?;
+                } else if let Err(e) = dir.remove() {
+                    tracing::warn!("removing pod state {}: {}", dir.dir.display(), runtime::error_chain(&e));
+                }
+                status
+            }
+        };
         if s.keep && s.workspace.is_none() {
             crate::exit::say(&format!("berth: kept the workspace of pod {} in {} (`berth rm {}` removes it)", shape.name, workspace.display(), shape.name));
         }

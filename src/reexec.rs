@@ -28,6 +28,11 @@ pub enum Entry {
     /// Remove a tree as uid 0 of a mapped user namespace
     /// ([`crate::runtime::host::cleanup`]).
     Rmtree { path: PathBuf },
+    /// berth as a VM guest's init, PID 1 ([`crate::vm::guest`]); the
+    /// kernel's command line names it.
+    VmInit,
+    /// The pod's launcher in a VM guest, with the start frame in `start`.
+    VmPod { start: PathBuf },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -43,6 +48,11 @@ impl Entry {
             args.push(format!("-{}", "v".repeat(verbose.min(3) as usize)).into());
         }
         let (kind, path) = match self {
+            Entry::VmInit => {
+                args.extend([MARKER.into(), "vm-init".into()]);
+                return args;
+            }
+            Entry::VmPod { start } => ("vm-pod", start),
             Entry::Pod { state_dir } => ("pod", state_dir),
             Entry::Unpack { job } => ("unpack", job),
             Entry::Rmtree { path } => ("rmtree", path),
@@ -61,12 +71,14 @@ impl Entry {
         let verbose = args[..flags].iter().map(|a| a.len() - 1).sum::<usize>().min(3) as u8;
         let rest = &args[flags + 1..];
         let entry = match rest {
+            [kind] if kind == "vm-init" => Entry::VmInit,
             [kind, path] => {
                 let path = PathBuf::from(path);
                 match kind.to_str() {
                     Some("pod") => Entry::Pod { state_dir: path },
                     Some("unpack") => Entry::Unpack { job: path },
                     Some("rmtree") => Entry::Rmtree { path },
+                    Some("vm-pod") => Entry::VmPod { start: path },
                     _ => return Some(Err(ParseError)),
                 }
             }
@@ -101,6 +113,11 @@ impl Entry {
                     crate::exit::report(&e);
                     return e.exit_code();
                 }
+            },
+            Entry::VmInit => return crate::vm::guest::init(),
+            Entry::VmPod { start } => match crate::vm::guest::run_pod(&start) {
+                Ok(code) => return code,
+                Err(e) => Err(e),
             },
             Entry::Unpack { job } => crate::provision::unpack_job(&job),
             Entry::Rmtree { path } => crate::runtime::host::cleanup::rmtree_in_namespace(&path)

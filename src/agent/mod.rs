@@ -67,7 +67,10 @@ pub fn run(paths: &Paths, mut pod: Pod, a: &AgentSettings, s: &RunSettings) -> a
         c.image = a.agent_image.clone();
         c.agent = false;
     }
-    add_agent_volumes(&mut pod, &a.agent_image, &jar, &cache)?;
+    // A VM sees nothing of the host but the workspace: its jar cache lives
+    // in the guest, for one run.
+    let cache = (s.isolation_of(&pod) == crate::pod::Isolation::Container).then_some(cache);
+    add_agent_volumes(&mut pod, &a.agent_image, &jar, cache.as_deref())?;
     pod.validate()?;
     let work_dir = s.workspace_path.clone();
     let agent_image = a.agent_image.clone();
@@ -100,13 +103,14 @@ pub fn agent_command(java: &java::JavaCommand, work_dir: &str, extra: &[String])
 }
 
 /// The image volume, agent.jar and the jar cache, mounted into the main container.
-fn add_agent_volumes(pod: &mut Pod, agent_image: &str, jar: &Path, cache: &Path) -> anyhow::Result<()> {
+fn add_agent_volumes(pod: &mut Pod, agent_image: &str, jar: &Path, cache: Option<&Path>) -> anyhow::Result<()> {
     for name in [JRE_VOLUME, JAR_VOLUME, CACHE_VOLUME] {
         anyhow::ensure!(!pod.volumes.iter().any(|v| v.name == name), "the pod file uses the volume name {name:?}, which berth agent needs");
     }
     pod.volumes.push(Volume { name: JRE_VOLUME.into(), source: VolumeSource::Image { reference: agent_image.to_string() } });
     pod.volumes.push(Volume { name: JAR_VOLUME.into(), source: VolumeSource::HostPath(jar.to_path_buf()) });
-    pod.volumes.push(Volume { name: CACHE_VOLUME.into(), source: VolumeSource::HostPath(cache.to_path_buf()) });
+    let cache = cache.map(|c| VolumeSource::HostPath(c.to_path_buf())).unwrap_or(VolumeSource::EmptyDir);
+    pod.volumes.push(Volume { name: CACHE_VOLUME.into(), source: cache });
     let main = pod.main_container_mut().context("the pod has no main container")?;
     for (name, path, read_only) in [(JRE_VOLUME, JRE_DIR, true), (JAR_VOLUME, JAR_PATH, true), (CACHE_VOLUME, JAR_CACHE_DIR, false)] {
         main.volume_mounts.push(VolumeMount { name: name.into(), mount_path: path.into(), read_only });

@@ -87,6 +87,59 @@ pub struct PodOptions {
     /// Verify registry TLS certificates.
     #[arg(long, value_name = "BOOL", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true", require_equals = true)]
     pub tls_verify: bool,
+    #[command(flatten)]
+    pub vm: VmOptions,
+}
+
+/// `--isolation vm` and how the VM is made.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Isolation")]
+pub struct VmOptions {
+    /// What isolates the pod from the host: `container` (containers on the
+    /// host's kernel, in your user namespace) or `vm` (the whole pod inside
+    /// one QEMU microVM with its own kernel, for untrusted builds; needs
+    /// `berth vm setup` once) [default: the pod file's annotation
+    /// berth.dev/isolation, else container].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub isolation: Option<berth::pod::Isolation>,
+    /// How the VM's CPU runs: `kvm`, `tcg` (software emulation: slow, but
+    /// works where KVM does not) or `auto` (KVM where /dev/kvm opens).
+    #[arg(long, value_enum, value_name = "ACCEL", default_value_t)]
+    pub accel: berth::vm::qemu::Accel,
+    /// The guest kernel (a bzImage) [default: the one `berth vm setup` got].
+    #[arg(long, value_name = "PATH", requires = "modules")]
+    pub kernel: Option<PathBuf>,
+    /// The guest kernel's modules, lib/modules/VERSION [default: with the kernel].
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    pub modules: Option<PathBuf>,
+    /// The QEMU binary [default: qemu-system-x86_64 on PATH].
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// The VM's vCPUs [default: from the pod's CPU limits, else 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub vm_cpus: Option<u32>,
+    /// The VM's memory, a Kubernetes quantity (1Gi) [default: the pod's
+    /// memory limits plus 256Mi, at least 512Mi, else 1Gi].
+    #[arg(long, value_name = "QUANTITY", value_parser = parse_memory)]
+    pub vm_memory: Option<u64>,
+    /// How long the guest may take to reach berth's init, e.g. 30s
+    /// [default: 10s with KVM, 60s with tcg].
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub boot_timeout: Option<Duration>,
+}
+
+impl VmOptions {
+    pub fn settings(&self) -> berth::vm::host::VmSettings {
+        berth::vm::host::VmSettings {
+            accel: self.accel,
+            kernel: self.kernel.clone(),
+            modules: self.modules.clone(),
+            qemu: self.qemu.clone(),
+            cpus: self.vm_cpus,
+            memory_mib: self.vm_memory.map(|b| b.div_ceil(1 << 20)),
+            boot_timeout: self.boot_timeout,
+        }
+    }
 }
 
 impl PodOptions {
@@ -122,6 +175,8 @@ impl PodOptions {
             http_proxy: self.http_proxy,
             host_loopback: self.host_loopback,
             userns,
+            isolation: self.vm.isolation,
+            vm: self.vm.settings(),
         }
     }
 }

@@ -38,6 +38,23 @@ pub struct Pod {
     /// Seconds between SIGTERM and SIGKILL at teardown (Kubernetes
     /// `terminationGracePeriodSeconds`); `None`: berth's default.
     pub grace_seconds: Option<u64>,
+    /// What isolates the pod from the host (annotation
+    /// `berth.dev/isolation`); the command line's `--isolation` wins.
+    pub isolation: Isolation,
+}
+
+/// The annotation that asks for a pod's isolation.
+pub const ISOLATION_ANNOTATION: &str = "berth.dev/isolation";
+
+/// What isolates a pod from the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Isolation {
+    /// Containers on the host's kernel, in berth's user namespace.
+    #[default]
+    Container,
+    /// The whole pod in a QEMU microVM: its own kernel.
+    Vm,
 }
 
 /// The pod's network, one for all its containers.
@@ -542,6 +559,7 @@ mod tests {
             share_process_namespace: false,
             network: Network::None,
             grace_seconds: None,
+            isolation: Isolation::Container,
         }
     }
 

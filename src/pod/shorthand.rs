@@ -125,6 +125,7 @@ pub fn from_args_with_env(a: &ShorthandArgs, lookup: impl Fn(&str) -> Option<OsS
         share_process_namespace: false,
         network: a.network,
         grace_seconds: None,
+        isolation: crate::pod::Isolation::Container,
     };
     if let Some(m) = &a.main {
         pod.select_main(m)?;

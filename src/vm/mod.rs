@@ -15,7 +15,13 @@
 //!   guest's init, which runs the pod with the same runtime as on the host.
 
 pub mod cpio;
+pub mod guest;
+mod guest_net;
+pub mod host;
 pub mod initramfs;
 pub mod kernel;
+pub mod plan;
+pub mod proto;
+pub mod qemu;
 pub mod rootfs;
 pub mod virtiofs;

@@ -111,6 +111,16 @@ impl Walk {
                 if key == "labels" {
                     self.downward.labels = pairs;
                 } else {
+                    if let Some((_, v)) = pairs.iter().find(|(k, _)| k == crate::pod::ISOLATION_ANNOTATION) {
+                        match v.as_str() {
+                            "vm" => self.isolation = crate::pod::Isolation::Vm,
+                            "container" => self.isolation = crate::pod::Isolation::Container,
+                            other => wrong.push(Located {
+                                mark: m.mark,
+                                message: format!("{p}.{}: {} is not an isolation (container, vm)", crate::pod::ISOLATION_ANNOTATION, short(other)),
+                            }),
+                        }
+                    }
                     self.downward.annotations = pairs;
                 }
             }
@@ -255,7 +265,8 @@ impl Walk {
         }
         // The agent's container is the main one: its stdio is the channel.
         let main = containers.iter().position(|c| c.agent).unwrap_or(0);
-        let mut pod = Pod { name, init_containers, containers, main, volumes, share_process_namespace, network, grace_seconds };
+        let isolation = self.isolation;
+        let mut pod = Pod { name, init_containers, containers, main, volumes, share_process_namespace, network, grace_seconds, isolation };
         for c in pod.init_containers.iter_mut().chain(pod.containers.iter_mut()) {
             for m in &mut c.volume_mounts {
                 m.read_only |= self.read_only_volumes.contains(&m.name);

@@ -56,6 +56,8 @@ pub(super) struct Walk {
     pub(super) downward: super::downward::Downward,
     /// Volumes `--volume-from` mapped that a cluster mounts read-only.
     pub(super) read_only_volumes: Vec<String>,
+    /// From the `berth.dev/isolation` annotation.
+    pub(super) isolation: crate::pod::Isolation,
 }
 
 /// `path.key`, with odd keys quoted so a message stays one line.
@@ -77,7 +79,7 @@ impl Obj<'_> {
 
 impl Walk {
     pub(super) fn new(opts: super::ReadOptions, default_name: String) -> Walk {
-        Walk { warnings: Vec::new(), marks: HashMap::new(), opts, default_name, downward: Default::default(), read_only_volumes: Vec::new() }
+        Walk { warnings: Vec::new(), marks: HashMap::new(), opts, default_name, downward: Default::default(), read_only_volumes: Vec::new(), isolation: Default::default() }
     }
 
     /// The position of `path`, or of its nearest ancestor that was read.

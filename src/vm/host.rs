@@ -1,0 +1,527 @@
+//! berth's side of a pod in a VM: prepare the guest's kernel, initramfs,
+//! image disks and workspace share, start QEMU, and relay berth's stdio
+//! and signals over the control port until the guest reports the pod's
+//! exit status.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use nix::poll::PollFlags;
+use nix::sys::signal::Signal;
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+
+use super::plan::{disk_serial, GuestStart};
+use super::proto::{Decoder, Frame, VERSION};
+use super::qemu::{self, Accel, Disk, VmConfig};
+use crate::paths::Paths;
+use crate::runtime::event_loop::{EventLoop, EventSource};
+use crate::runtime::signals::{Signals, FORWARDED};
+use crate::runtime::state::PodDir;
+use crate::runtime::{Network, PodPlan};
+use crate::userns::IdMapping;
+
+/// How the VM is made (the command line's `--accel`, `--kernel`, ...).
+#[derive(Debug, Clone, Default)]
+pub struct VmSettings {
+    pub accel: Accel,
+    /// A guest kernel (bzImage) instead of `berth vm setup`'s.
+    pub kernel: Option<PathBuf>,
+    /// Its modules (`lib/modules/VERSION`).
+    pub modules: Option<PathBuf>,
+    /// The QEMU binary; default `qemu-system-x86_64` on PATH.
+    pub qemu: Option<PathBuf>,
+    /// vCPUs; default from the pod's CPU limits, at least 1, else 2.
+    pub cpus: Option<u32>,
+    /// Guest memory in MiB; default from the pod's memory limits.
+    pub memory_mib: Option<u64>,
+    /// How long the guest may take to reach berth's init.
+    pub boot_timeout: Option<Duration>,
+}
+
+/// The boot timeout when none is given: KVM boots in well under a second,
+/// software emulation in a few.
+pub fn default_boot_timeout(accel: Accel) -> Duration {
+    match accel {
+        Accel::Kvm => Duration::from_secs(10),
+        _ => Duration::from_secs(60),
+    }
+}
+
+/// What [`launch`] needs besides the plan and the VM settings.
+pub struct VmLaunch<'a> {
+    pub paths: &'a Paths,
+    /// The user namespace's mapping (images are flattened in it, virtiofsd
+    /// runs in it).
+    pub mapping: &'a IdMapping,
+    pub verbose: u8,
+    /// The workspace is the host's directory (given, or kept): share it.
+    /// Otherwise it lives in the guest's memory.
+    pub share_workspace: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error(transparent)]
+    Plan(#[from] crate::runtime::plan::PlanError),
+    #[error(transparent)]
+    Translate(#[from] super::plan::TranslateError),
+    #[error(transparent)]
+    Kernel(#[from] super::kernel::KernelError),
+    #[error(transparent)]
+    Initramfs(#[from] super::initramfs::InitramfsError),
+    #[error(transparent)]
+    Rootfs(#[from] super::rootfs::RootfsError),
+    #[error(transparent)]
+    Virtiofs(#[from] super::virtiofs::VirtiofsError),
+    #[error("QEMU (qemu-system-x86_64) is not installed: install Debian's qemu-system-x86, or name it with --qemu")]
+    NoQemu,
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    #[error("{what}")]
+    Io { what: &'static str, source: io::Error },
+    #[error("the VM did not reach berth's init within {secs} s ({accel}){hint}")]
+    BootTimeout { secs: u64, accel: &'static str, hint: &'static str },
+    #[error("QEMU exited ({status}) before the guest started{detail}")]
+    QemuExited { status: String, detail: String },
+    #[error("the VM stopped before the pod ended ({status})")]
+    Stopped { status: String },
+    #[error("the guest speaks protocol version {0}, this berth {VERSION}")]
+    Version(u32),
+    #[error("the control stream: {0}")]
+    Proto(#[from] super::proto::ProtoError),
+    #[error("interrupted by {0} while the VM was starting")]
+    Interrupted(Signal),
+}
+
+impl VmError {
+    /// berth's exit status for this failure.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            VmError::Interrupted(sig) => 128u8.wrapping_add(*sig as i32 as u8),
+            _ => crate::exit::PROVISION,
+        }
+    }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
+    move |source| VmError::Io { what, source }
+}
+
+/// Runs `plan` (planned on the host, state in `dir`) inside a VM and
+/// returns the main container's exit status.
+pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) -> Result<u8, VmError> {
+    plan.validate()?;
+    let network = plan.network != Network::None;
+    let (start, images) = GuestStart::translate(plan, &dir.dir, l.share_workspace, network, l.verbose)?;
+    let binary = qemu::find_binary(s.qemu.as_deref()).ok_or(VmError::NoQemu)?;
+    let kernel = super::kernel::GuestKernel::find(l.paths, s.kernel.as_deref(), s.modules.as_deref())?;
+    let started = Instant::now();
+    let initrd = super::initramfs::build(l.paths, &kernel)?;
+    let mut disks = Vec::new();
+    for (k, layers) in images.iter().enumerate() {
+        let path = super::rootfs::flatten(l.paths, l.mapping, layers, l.verbose)?;
+        disks.push(Disk { path, serial: disk_serial(k) });
+    }
+    tracing::debug!("guest parts ready in {:?}", started.elapsed());
+    let vm_dir = dir.dir.join("vm");
+    std::fs::create_dir_all(&vm_dir).map_err(io_err("creating the VM's state directory"))?;
+    let virtiofsd = if l.share_workspace {
+        let opts = super::virtiofs::VirtiofsOptions::default();
+        Some(super::virtiofs::Virtiofsd::start(&plan.workspace, &vm_dir.join("fs.sock"), l.mapping, &opts)?)
+    } else {
+        None
+    };
+    let accel = s.accel.resolve();
+    let cfg = VmConfig {
+        binary,
+        accel,
+        cpus: s.cpus.unwrap_or_else(|| default_cpus(plan)),
+        memory_mib: s.memory_mib.unwrap_or_else(|| default_memory_mib(plan)),
+        kernel: kernel.vmlinuz.clone(),
+        initrd,
+        console_log: vm_dir.join("console.log"),
+        disks,
+        network: network.then(|| plan.ports.clone()),
+        virtiofs: virtiofsd.as_ref().map(|v| v.socket().to_path_buf()),
+    };
+    tracing::debug!("QEMU: {} {:?}", cfg.binary.display(), cfg.args(0));
+    let start_frame = serde_json::to_vec(&start).map_err(|e| io_err("encoding the start frame")(e.into()))?;
+    let timeout = s.boot_timeout.unwrap_or_else(|| default_boot_timeout(accel));
+    let result = run_vm(&cfg, &vm_dir, start_frame, timeout);
+    drop(virtiofsd);
+    match result {
+        // As in container mode: an interrupted start reports and ends with
+        // the signal's status, not 125.
+        Err(e @ VmError::Interrupted(_)) => {
+            crate::exit::report(&e);
+            Ok(e.exit_code())
+        }
+        other => other,
+    }
+}
+
+/// 1 vCPU per started 1000 millicores the pod may use, else 2 (at most the
+/// host's CPUs).
+fn default_cpus(plan: &PodPlan) -> u32 {
+    let host = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+    let millis: Vec<u64> = plan.containers.iter().filter_map(|c| c.limits.cpu_millis).collect();
+    let want = if millis.is_empty() { 2 } else { millis.iter().sum::<u64>().div_ceil(1000).max(1) as u32 };
+    want.clamp(1, host.max(1))
+}
+
+/// The containers' memory limits plus 256 MiB for the guest itself, at
+/// least 512 MiB (the guest's own tmpfs holds the containers' writes).
+fn default_memory_mib(plan: &PodPlan) -> u64 {
+    let limits: Vec<u64> = plan.containers.iter().filter_map(|c| c.limits.memory_bytes).collect();
+    let mib = if limits.is_empty() { 1024 } else { limits.iter().sum::<u64>().div_ceil(1 << 20) + 256 };
+    mib.max(512)
+}
+
+fn run_vm(cfg: &VmConfig, vm_dir: &Path, start_frame: Vec<u8>, timeout: Duration) -> Result<u8, VmError> {
+    let signals = Signals::install().map_err(|e| io_err("signals")(e.into()))?;
+    let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+        .map_err(|e| io_err("the control socket")(e.into()))?;
+    // QEMU's end blocks: its chardev expects that.
+    set_nonblocking(theirs.as_fd(), false).map_err(io_err("the control socket"))?;
+    let stderr_log = vm_dir.join("qemu.log");
+    let booted = Instant::now();
+    let mut child = qemu::spawn(cfg, &theirs, &stderr_log)?;
+    drop(theirs);
+    let mut vm = Vm { child: &mut child, console: cfg.console_log.clone(), stderr_log };
+    let result = relay(&mut vm, &signals, ours, start_frame, timeout, booted, cfg.accel);
+    vm.stop();
+    result
+}
+
+struct Vm<'a> {
+    child: &'a mut Child,
+    console: PathBuf,
+    stderr_log: PathBuf,
+}
+
+impl Vm<'_> {
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Waits a moment for the guest's own power-off, then kills QEMU.
+    fn stop(&mut self) {
+        let end = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < end {
+            if self.exited().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The console's last lines, for a failure's report.
+    fn show_console(&self) {
+        let text = std::fs::read(&self.console).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = &lines[lines.len().saturating_sub(12)..];
+        if tail.is_empty() {
+            crate::exit::say("berth: the VM's console is empty");
+        } else {
+            crate::exit::say(&format!("berth: the VM's console ({}), last lines:", self.console.display()));
+            for l in tail {
+                crate::exit::say(&format!("  | {l}"));
+            }
+        }
+    }
+
+    fn stderr_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.stderr_log).unwrap_or_default();
+        text.lines().rev().find(|l| !l.trim().is_empty()).map(|l| format!(": {}", l.trim())).unwrap_or_default()
+    }
+}
+
+fn relay(vm: &mut Vm<'_>, signals: &Signals, sock: OwnedFd, start_frame: Vec<u8>, timeout: Duration, booted: Instant, accel: Accel) -> Result<u8, VmError> {
+    let relay = std::rc::Rc::new(std::cell::RefCell::new(HostRelay::new(sock, start_frame)));
+    let mut events = EventLoop::new();
+    events.add(Box::new(SharedHost(relay.clone())));
+    let deadline = booted + timeout;
+    loop {
+        let waiting = relay.borrow().hello.is_none();
+        let wait = if waiting { Some(deadline.saturating_duration_since(Instant::now())) } else { None };
+        let sigs = events.turn(Some(signals), wait).map_err(|e| io_err("waiting for the VM")(e.into()))?;
+        let r = relay.borrow();
+        if r.error.is_some() {
+            drop(r);
+            let e = relay.borrow_mut().error.take().expect("checked");
+            vm.kill();
+            return Err(e);
+        }
+        if let Some(code) = r.exit {
+            tracing::debug!("pod ended with {code} after {:?}", booted.elapsed());
+            return Ok(code);
+        }
+        if r.hello.is_none() {
+            if let Some(sig) = sigs.iter().find(|s| FORWARDED.contains(s)) {
+                drop(r);
+                vm.kill();
+                return Err(VmError::Interrupted(*sig));
+            }
+        }
+        let closed = r.closed;
+        let hello = r.hello.is_some();
+        drop(r);
+        if let Some(status) = vm.exited().or_else(|| if closed { std::thread::sleep(Duration::from_millis(100)); vm.exited() } else { None }) {
+            // The socket may still hold frames QEMU wrote before it ended.
+            relay.borrow_mut().drain();
+            if let Some(code) = relay.borrow().exit {
+                return Ok(code);
+            }
+            vm.show_console();
+            let status = describe(status);
+            return Err(if hello { VmError::Stopped { status } } else { VmError::QemuExited { status, detail: vm.stderr_tail() } });
+        }
+        if !hello && Instant::now() >= deadline {
+            vm.kill();
+            vm.show_console();
+            let hint = if accel == Accel::Kvm { ": KVM here may not boot this guest, try --accel tcg" } else { "" };
+            return Err(VmError::BootTimeout { secs: timeout.as_secs(), accel: accel.name(), hint });
+        }
+        if closed {
+            vm.kill();
+            vm.show_console();
+            return Err(VmError::Stopped { status: "the control port closed".into() });
+        }
+    }
+}
+
+fn describe(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => format!("status {c}"),
+        (_, Some(s)) => format!("signal {s}"),
+        _ => status.to_string(),
+    }
+}
+
+fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}
+
+/// Writes all of `data` to `fd` (berth's stdout or stderr), waiting while
+/// it is full even if someone made it non-blocking.
+fn write_all_fd(fd: RawFd, mut data: &[u8]) -> io::Result<()> {
+    // SAFETY: fd 1 and 2 stay open for berth's life.
+    let b = unsafe { BorrowedFd::borrow_raw(fd) };
+    while !data.is_empty() {
+        match nix::unistd::write(b, data) {
+            Ok(n) => data = &data[n..],
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                let mut p = [nix::poll::PollFd::new(b, PollFlags::POLLOUT)];
+                let _ = nix::poll::poll(&mut p, nix::poll::PollTimeout::NONE);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Stop reading stdin when this much waits for the guest.
+const HIGH_WATER: usize = 1 << 20;
+
+/// The host's end of the control stream.
+struct HostRelay {
+    sock: OwnedFd,
+    decoder: Decoder,
+    to_guest: Vec<u8>,
+    /// Sent at the guest's hello.
+    start: Option<Vec<u8>>,
+    hello: Option<u32>,
+    /// Reading berth's stdin (after the start frame, until EOF).
+    stdin_open: bool,
+    /// berth's stdout is gone (EPIPE): the guest's output is dropped.
+    stdout_gone: bool,
+    exit: Option<u8>,
+    closed: bool,
+    error: Option<VmError>,
+}
+
+impl HostRelay {
+    fn new(sock: OwnedFd, start: Vec<u8>) -> HostRelay {
+        HostRelay {
+            sock,
+            decoder: Decoder::new(),
+            to_guest: Vec::new(),
+            start: Some(start),
+            hello: None,
+            stdin_open: false,
+            stdout_gone: false,
+            exit: None,
+            closed: false,
+            error: None,
+        }
+    }
+
+    fn frame(&mut self, f: Frame) {
+        match f {
+            Frame::Hello { version } if version == VERSION => {
+                self.hello = Some(version);
+                if let Some(start) = self.start.take() {
+                    Frame::Start(start).encode(&mut self.to_guest);
+                    self.stdin_open = true;
+                }
+            }
+            Frame::Hello { version } => self.error = Some(VmError::Version(version)),
+            Frame::Stdout(data) => {
+                if !self.stdout_gone && write_all_fd(1, &data).is_err() {
+                    // Like a container whose reader left: its writes fail
+                    // from now on, and the pod goes on to its end.
+                    self.stdout_gone = true;
+                }
+            }
+            Frame::Stderr(data) => {
+                let _ = write_all_fd(2, &data);
+            }
+            Frame::Exit(code) => self.exit = Some(code),
+            other => tracing::debug!("unexpected frame from the guest: {other:?}"),
+        }
+    }
+
+    fn read_sock(&mut self) {
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            match nix::unistd::read(self.sock.as_raw_fd(), &mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    return;
+                }
+                Ok(n) => {
+                    self.decoder.push(&buf[..n]);
+                    loop {
+                        match self.decoder.next_frame() {
+                            Ok(Some(f)) => self.frame(f),
+                            Ok(None) => break,
+                            Err(e) => {
+                                self.error = Some(e.into());
+                                return;
+                            }
+                        }
+                        if self.exit.is_some() {
+                            return;
+                        }
+                    }
+                    if n < buf.len() {
+                        return;
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// What is left in the socket once QEMU has ended.
+    fn drain(&mut self) {
+        if self.exit.is_none() && self.error.is_none() {
+            self.read_sock();
+        }
+    }
+
+    fn write_sock(&mut self) {
+        while !self.to_guest.is_empty() {
+            match nix::unistd::write(&self.sock, &self.to_guest) {
+                Ok(n) => {
+                    self.to_guest.drain(..n);
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn read_stdin(&mut self) {
+        let mut buf = vec![0u8; 64 << 10];
+        // SAFETY: fd 0 stays open for berth's life.
+        let stdin = unsafe { BorrowedFd::borrow_raw(0) };
+        match nix::unistd::read(stdin.as_raw_fd(), &mut buf) {
+            Ok(0) => {
+                self.stdin_open = false;
+                Frame::StdinEof.encode(&mut self.to_guest);
+            }
+            Ok(n) => Frame::Stdin(buf[..n].to_vec()).encode(&mut self.to_guest),
+            Err(nix::errno::Errno::EINTR) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => {
+                tracing::debug!("reading stdin: {e}; the pod sees its end");
+                self.stdin_open = false;
+                Frame::StdinEof.encode(&mut self.to_guest);
+            }
+        }
+    }
+}
+
+struct SharedHost(std::rc::Rc<std::cell::RefCell<HostRelay>>);
+
+impl EventSource for SharedHost {
+    fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
+        let r = self.0.borrow();
+        let mut sock = PollFlags::empty();
+        if !r.closed {
+            sock |= PollFlags::POLLIN;
+        }
+        if !r.to_guest.is_empty() {
+            sock |= PollFlags::POLLOUT;
+        }
+        let mut fds = vec![(r.sock.as_raw_fd(), sock)];
+        if r.stdin_open && r.to_guest.len() < HIGH_WATER {
+            fds.push((0, PollFlags::POLLIN));
+        }
+        fds.into_iter()
+            // SAFETY: the socket lives in the relay this source keeps alive,
+            // and fd 0 for berth's life; the loop uses them within the turn.
+            .map(|(fd, f)| (unsafe { BorrowedFd::borrow_raw(fd) }, f))
+            .collect()
+    }
+
+    fn ready(&mut self, fired: &[(RawFd, PollFlags)]) {
+        let mut r = self.0.borrow_mut();
+        let sock = r.sock.as_raw_fd();
+        for &(fd, flags) in fired {
+            if fd == sock {
+                if flags.intersects(PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR) {
+                    r.read_sock();
+                }
+            } else if fd == 0 {
+                if flags.contains(PollFlags::POLLNVAL) {
+                    r.stdin_open = false;
+                    Frame::StdinEof.encode(&mut r.to_guest);
+                } else {
+                    r.read_stdin();
+                }
+            }
+        }
+        r.write_sock();
+    }
+
+    fn done(&self) -> bool {
+        false
+    }
+
+    fn signal(&mut self, sig: Signal) {
+        let mut r = self.0.borrow_mut();
+        if FORWARDED.contains(&sig) && r.hello.is_some() {
+            Frame::Signal(sig as i32).encode(&mut r.to_guest);
+            r.write_sock();
+        }
+    }
+}
