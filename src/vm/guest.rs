@@ -105,10 +105,12 @@ fn boot() -> Result<u8, Failure> {
     prepare(&start, &raw).map_err(fail)?;
     let signals = Signals::install().map_err(|e| fail(setup("signals")(e)))?;
     let (mut child, relay) = start_pod(&start, port).map_err(fail)?;
-    // Frames that came with the start frame (stdin, signals).
+    // Frames that came with the start frame (stdin, signals), and the
+    // start of the next one.
     while let Ok(Some(f)) = decoder.next_frame() {
         relay.borrow_mut().frame(f);
     }
+    relay.borrow_mut().decoder = decoder;
     let code = relay_until_exit(&signals, &mut child, relay.clone());
     let mut out = relay.borrow_mut().flush_blocking();
     let _ = write_frames(&mut out, &[Frame::Exit(code)]);
@@ -160,6 +162,9 @@ fn system_mounts() -> Result<(), GuestError> {
         let _ = fs::write("/sys/fs/cgroup/cgroup.subtree_control", c);
     }
     let _ = none;
+    // The kernel starts init with 1024/4096 open files; containers' specs
+    // ask for what a host session has, which only root here can grant.
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1 << 20, 1 << 20);
     Ok(())
 }
 
@@ -429,7 +434,10 @@ impl Relay {
                         Ok(Some(f)) => self.frame(f),
                         Ok(None) => break,
                         Err(e) => {
-                            tracing::warn!("control stream: {e}");
+                            // A broken stream from the host: no input can be
+                            // trusted any more, so the pod ends.
+                            tracing::warn!("control stream: {e}; stopping the pod");
+                            let _ = kill(self.child, Signal::SIGKILL);
                             self.host_gone = true;
                             break;
                         }
@@ -541,7 +549,13 @@ pub fn run_pod(start_file: &Path) -> anyhow::Result<u8> {
     let raw = fs::read(start_file).with_context(|| format!("reading {}", start_file.display()))?;
     let start: GuestStart = serde_json::from_slice(&raw).context("the start file")?;
     let dir = crate::runtime::state::PodDir::create(Path::new(GUEST_RUN_ROOT), &start.plan.name)?;
-    let mapping = crate::userns::IdMapping::of_current_process();
+    // Identity for every id but the last: the pod's user namespace then
+    // differs from the initial one, so libcontainer takes the same path as
+    // on the host (it tests the maps, and a whole-range identity reads as
+    // "no user namespace": it would mknod devices, which no user
+    // namespace may).
+    let ids = vec![crate::userns::IdRange { container: 0, host: 0, count: u32::MAX - 1 }];
+    let mapping = crate::userns::IdMapping { uids: ids.clone(), gids: ids };
     let opts = crate::runtime::LaunchOptions { mapping: &mapping, verbose: start.verbose, keep_state: false };
     Ok(crate::runtime::launch(&start.plan, &dir, &opts)?)
 }

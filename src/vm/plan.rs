@@ -256,9 +256,10 @@ impl Translator<'_> {
             }
         }
         if let Some(root) = spec.get_mut("root").and_then(|r| r.get_mut("path")) {
-            if let Some(p) = root.as_str().filter(|p| p.starts_with('/')) {
-                let g = self.mirror("root filesystem", Path::new(p))?;
-                *root = serde_json::Value::String(g.to_string_lossy().into_owned());
+            // The plan's rootfs source is what the guest mounts; the spec's
+            // own root (the image's top layer on the host) is not used there.
+            if root.as_str().is_some_and(|p| p.starts_with('/')) {
+                *root = serde_json::Value::String("rootfs".into());
             }
         }
         serde_json::to_vec_pretty(&spec).map_err(spec_err)

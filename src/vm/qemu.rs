@@ -137,7 +137,7 @@ impl VmConfig {
         let con = format!("file,id=con,path={}", self.console_log.display());
         push(&["-chardev", &con, "-serial", "chardev:con"]);
         let ctl = format!("socket,id=ctl,fd={control}");
-        push(&["-chardev", &ctl, "-device", "virtio-serial-device,max_ports=1"]);
+        push(&["-chardev", &ctl, "-device", "virtio-serial-device,max_ports=2"]);
         let port = format!("virtserialport,chardev=ctl,name={}", super::proto::PORT_NAME);
         push(&["-device", &port]);
         for (k, d) in self.disks.iter().enumerate() {
