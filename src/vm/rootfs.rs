@@ -243,7 +243,14 @@ fn make_image(job: &Job) -> Result<(), RootfsError> {
     let started = Instant::now();
     let source = merged_tree(job)?;
     let merged = started.elapsed();
-    mkfs(&job.mkfs, &source, &job.output())?;
+    let made = mkfs(&job.mkfs, &source, &job.output());
+    if source.ends_with("copy") {
+        // Its files belong to the namespace's ids: remove them from here.
+        if let Err(e) = cache::remove_tree(&source) {
+            tracing::warn!("removing {}: {e}", source.display());
+        }
+    }
+    made?;
     tracing::debug!(layers = job.layers.len(), ?merged, elapsed = ?started.elapsed(), "made an EROFS image of {}", source.display());
     Ok(())
 }
