@@ -147,6 +147,7 @@ fn flatten_as_child() {
     println!("R:first_ms={}", first.as_millis());
     println!("R:second_us={}", second.as_micros());
     println!("R:size={}", md.len());
+    println!("R:ino={}", md.ino());
 }
 
 #[test]
@@ -241,6 +242,28 @@ fn vm_rootfs_image_keeps_the_merged_tree() {
         assert!(!name.starts_with(".wh."), "whiteout file {p:?}");
         assert!(!(md.file_type().is_char_device() && md.rdev() == 0), "whiteout device {p:?}");
     }
+}
+
+/// Two processes flattening the same image at once: one image, made once.
+#[test]
+fn vm_rootfs_concurrent_calls_share_one_image() {
+    let (tmp, work) = prepare(&small_image());
+    let children: Vec<Child> = (0..2)
+        .map(|_| child_cmd(tmp.path(), &work, "child_flatten").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap())
+        .collect();
+    let outs: Vec<(HashMap<String, String>, String)> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let t = text(&out);
+            assert!(out.status.success() && t.contains("1 passed"), "{t}");
+            (values(&t), t)
+        })
+        .collect();
+    assert_eq!(outs[0].0["path"], outs[1].0["path"]);
+    assert_eq!(outs[0].0["ino"], outs[1].0["ino"], "one image: {}\n{}", outs[0].1, outs[1].1);
+    let made = outs.iter().filter(|(_, t)| t.contains("made an EROFS image")).count();
+    assert_eq!(made, 1, "made once: {}\n{}", outs[0].1, outs[1].1);
 }
 
 #[test]
