@@ -33,6 +33,10 @@ pub enum Entry {
     VmInit,
     /// The pod's launcher in a VM guest, with the start frame in `start`.
     VmPod { start: PathBuf },
+    /// Flatten an image's cached layers into an EROFS image for the VM
+    /// mode, in the pods' user namespace and a private mount namespace
+    /// ([`crate::vm::rootfs`]).
+    VmRootfs { job: PathBuf },
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -56,6 +60,7 @@ impl Entry {
             Entry::Pod { state_dir } => ("pod", state_dir),
             Entry::Unpack { job } => ("unpack", job),
             Entry::Rmtree { path } => ("rmtree", path),
+            Entry::VmRootfs { job } => ("vm-rootfs", job),
         };
         args.extend([MARKER.into(), kind.into(), path.as_os_str().to_owned()]);
         args
@@ -79,6 +84,7 @@ impl Entry {
                     Some("unpack") => Entry::Unpack { job: path },
                     Some("rmtree") => Entry::Rmtree { path },
                     Some("vm-pod") => Entry::VmPod { start: path },
+                    Some("vm-rootfs") => Entry::VmRootfs { job: path },
                     _ => return Some(Err(ParseError)),
                 }
             }
@@ -98,7 +104,7 @@ impl Entry {
     /// Starts this entry in a new user namespace with `mapping` (see
     /// [`userns::spawn`]); the caller waits for the returned pid.
     pub fn spawn(&self, mapping: &IdMapping, verbose: u8, opts: &SpawnOptions) -> Result<Pid, UsernsError> {
-        userns::spawn(mapping, Path::new("/proc/self/exe"), &self.argv(verbose), opts)
+        userns::spawn(mapping, executable(), &self.argv(verbose), opts)
     }
 
     /// Runs the entry in this (re-executed) process and returns its exit
@@ -119,6 +125,8 @@ impl Entry {
                 Ok(code) => return code,
                 Err(e) => Err(e),
             },
+            // Its failure goes back to the caller, which reports it once.
+            Entry::VmRootfs { job } => return crate::vm::rootfs::run_job(&job),
             Entry::Unpack { job } => crate::provision::unpack_job(&job),
             Entry::Rmtree { path } => crate::runtime::host::cleanup::rmtree_in_namespace(&path)
                 .map_err(|e| anyhow::Error::new(e).context(format!("removing {}", path.display()))),
@@ -131,6 +139,20 @@ impl Entry {
             }
         }
     }
+}
+
+static EXECUTABLE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Names the berth binary that entries run in, for a process that links
+/// berth's library but is not berth (an integration test calling
+/// [`crate::vm::rootfs::flatten`]); berth itself re-executes
+/// `/proc/self/exe`. The first call wins.
+pub fn use_executable(path: PathBuf) {
+    let _ = EXECUTABLE.set(path);
+}
+
+fn executable() -> &'static Path {
+    EXECUTABLE.get().map_or(Path::new("/proc/self/exe"), PathBuf::as_path)
 }
 
 /// Where inherited descriptors are named in a command line.
@@ -170,6 +192,7 @@ mod tests {
         round_trip(Entry::Pod { state_dir: "/run/berth/pods/a b".into() }, 0);
         round_trip(Entry::Unpack { job: "/s/layers/k/.job-1.json".into() }, 2);
         round_trip(Entry::Rmtree { path: "/tmp/x".into() }, 3);
+        round_trip(Entry::VmRootfs { job: "/s/vm/rootfs/.tmp-k-1/job.json".into() }, 1);
     }
 
     #[test]

@@ -103,22 +103,33 @@ pub fn mapping_key(rootless: bool, uid_map: &[IdRange], gid_map: &[IdRange], ids
 /// layer dirs (`lowers` bottom first, as [`LayerCache::ensure`] returns
 /// them), with a private `upper` and `work`, in a user namespace.
 pub fn overlay_mount_options(lowers: &[PathBuf], upper: &Path, work: &Path) -> Result<String, LayersError> {
-    // Mount data is split at commas with no escape; `:` and `\` in a
-    // lowerdir are escaped with a backslash.
-    let escape = |p: &Path, lower: bool| -> Result<String, LayersError> {
-        let s = p.to_string_lossy();
-        if s.contains(',') || s.as_bytes() != p.as_os_str().as_bytes() {
-            return Err(LayersError::OverlayPath(p.to_path_buf()));
-        }
-        Ok(if lower { s.replace('\\', "\\\\").replace(':', "\\:") } else { s.into_owned() })
-    };
-    let lowers = lowers.iter().rev().map(|l| escape(l, true)).collect::<Result<Vec<_>, _>>()?;
     Ok(format!(
         "lowerdir={},upperdir={},workdir={},userxattr",
-        lowers.join(":"),
-        escape(upper, false)?,
-        escape(work, false)?
+        lowerdir(lowers)?,
+        escape_option(upper, false)?,
+        escape_option(work, false)?
     ))
+}
+
+/// The options for a read-only overlay of cached layer dirs alone (bottom
+/// first; overlayfs before 6.7 wants at least two without an upper dir).
+pub fn overlay_lower_options(lowers: &[PathBuf]) -> Result<String, LayersError> {
+    Ok(format!("lowerdir={},userxattr", lowerdir(lowers)?))
+}
+
+fn lowerdir(lowers: &[PathBuf]) -> Result<String, LayersError> {
+    let lowers = lowers.iter().rev().map(|l| escape_option(l, true)).collect::<Result<Vec<_>, _>>()?;
+    Ok(lowers.join(":"))
+}
+
+/// Mount data is split at commas with no escape; `:` and `\` in a
+/// lowerdir are escaped with a backslash.
+fn escape_option(p: &Path, lower: bool) -> Result<String, LayersError> {
+    let s = p.to_string_lossy();
+    if s.contains(',') || s.as_bytes() != p.as_os_str().as_bytes() {
+        return Err(LayersError::OverlayPath(p.to_path_buf()));
+    }
+    Ok(if lower { s.replace('\\', "\\\\").replace(':', "\\:") } else { s.into_owned() })
 }
 
 /// The cache for one id mapping.
@@ -555,6 +566,8 @@ mod tests {
         let o = overlay_mount_options(&[PathBuf::from("/s/l1"), PathBuf::from("/s/a:b")], Path::new("/u"), Path::new("/w")).unwrap();
         assert_eq!(o, "lowerdir=/s/a\\:b:/s/l1,upperdir=/u,workdir=/w,userxattr");
         assert!(overlay_mount_options(&[PathBuf::from("/a,b")], Path::new("/u"), Path::new("/w")).is_err());
+        let o = overlay_lower_options(&[PathBuf::from("/s/l1"), PathBuf::from("/s/a:b")]).unwrap();
+        assert_eq!(o, "lowerdir=/s/a\\:b:/s/l1,userxattr");
     }
 
     #[test]
