@@ -107,9 +107,14 @@ pub fn find_daemon(explicit: Option<&Path>) -> Result<Daemon, VirtiofsError> {
         .stdin(Stdio::null())
         .output()
         .map_err(|source| VirtiofsError::Probe { path: path.clone(), source })?;
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let kind = kind_from_help(&text).ok_or_else(|| VirtiofsError::UnknownDaemon { path: path.clone() })?;
+    let mut text = out.stdout;
+    text.extend_from_slice(&out.stderr);
+    // The C daemon calls setgroups(2) before it parses its options, so as
+    // an unprivileged user even `--help` only fails: then its help text is
+    // looked for in the binary itself.
+    let kind = kind_from_help(&text)
+        .or_else(|| std::fs::read(&path).ok().and_then(|bin| kind_from_help(&bin)))
+        .ok_or_else(|| VirtiofsError::UnknownDaemon { path: path.clone() })?;
     Ok(Daemon { path, kind })
 }
 
@@ -127,10 +132,11 @@ fn is_executable(p: &Path) -> bool {
 
 /// The kind a daemon's `--help` text names: the Rust daemon has
 /// `--shared-dir`, the C one FUSE-style `-o source=`.
-pub fn kind_from_help(help: &str) -> Option<DaemonKind> {
-    if help.contains("--shared-dir") {
+pub fn kind_from_help(help: &[u8]) -> Option<DaemonKind> {
+    let has = |needle: &[u8]| help.windows(needle.len()).any(|w| w == needle);
+    if has(b"--shared-dir") {
         Some(DaemonKind::Rust)
-    } else if help.contains("source=") {
+    } else if has(b"-o source=") {
         Some(DaemonKind::Qemu)
     } else {
         None
@@ -148,14 +154,14 @@ pub fn daemon_args(kind: DaemonKind, dir: &Path, fd: i32, nofile: u64) -> Vec<Os
             args.push(format!("--fd={fd}").into());
             args.extend(["-o".into(), source]);
             // Warnings and errors only: berth's stderr is the user's.
-            for o in ["sandbox=namespace", "cache=auto", "log_level=warn"] {
+            for o in ["sandbox=namespace", "cache=auto", "log_level=err"] {
                 args.extend(["-o".into(), o.into()]);
             }
             args.push(format!("--rlimit-nofile={nofile}").into());
         }
         DaemonKind::Rust => {
             args.extend(["--fd".into(), fd.to_string().into(), "--shared-dir".into(), dir.as_os_str().to_owned()]);
-            for (k, v) in [("--sandbox", "namespace"), ("--cache", "auto"), ("--log-level", "warn")] {
+            for (k, v) in [("--sandbox", "namespace"), ("--cache", "auto"), ("--log-level", "error")] {
                 args.extend([k.into(), v.into()]);
             }
             args.extend(["--rlimit-nofile".into(), nofile.to_string().into()]);
@@ -189,6 +195,10 @@ pub fn qemu_args(socket: &Path, mem_bytes: u64) -> Vec<String> {
         format!("memory-backend-memfd,id=mem,size={mem_bytes},share=on"),
         "-machine".into(),
         "memory-backend=mem".into(),
+        // virtio-mmio devices are legacy (virtio 0.9) by default, which the
+        // daemons' vhost-user libraries refuse: the modern transport.
+        "-global".into(),
+        "virtio-mmio.force-legacy=false".into(),
         "-chardev".into(),
         format!("socket,id=virtiofs,path={path}"),
         // microvm has virtio-mmio only: the -device variant, not -pci.
@@ -399,9 +409,9 @@ mod tests {
 
     #[test]
     fn tells_the_daemons_apart_by_their_help() {
-        assert_eq!(kind_from_help(QEMU_HELP), Some(DaemonKind::Qemu));
-        assert_eq!(kind_from_help(RUST_HELP), Some(DaemonKind::Rust));
-        assert_eq!(kind_from_help("usage: something else\n"), None);
+        assert_eq!(kind_from_help(QEMU_HELP.as_bytes()), Some(DaemonKind::Qemu));
+        assert_eq!(kind_from_help(RUST_HELP.as_bytes()), Some(DaemonKind::Rust));
+        assert_eq!(kind_from_help(b"usage: something else\n"), None);
     }
 
     fn strings(a: Vec<OsString>) -> Vec<String> {
@@ -422,7 +432,7 @@ mod tests {
                 "-o",
                 "cache=auto",
                 "-o",
-                "log_level=warn",
+                "log_level=err",
                 "--rlimit-nofile=4096"
             ]
         );
@@ -443,7 +453,7 @@ mod tests {
                 "--cache",
                 "auto",
                 "--log-level",
-                "warn",
+                "error",
                 "--rlimit-nofile",
                 "20000"
             ]
@@ -460,6 +470,8 @@ mod tests {
                 "memory-backend-memfd,id=mem,size=536870912,share=on",
                 "-machine",
                 "memory-backend=mem",
+                "-global",
+                "virtio-mmio.force-legacy=false",
                 "-chardev",
                 "socket,id=virtiofs,path=/run/x,,y/vfs.sock",
                 "-device",
