@@ -328,12 +328,7 @@ impl Drop for Virtiofsd {
         if !self.reaped {
             // The sandboxed server has its own death signal tied to this one.
             let _ = kill(self.pid, Signal::SIGKILL);
-            loop {
-                match waitpid(self.pid, None) {
-                    Err(nix::errno::Errno::EINTR) => continue,
-                    _ => break,
-                }
-            }
+            while let Err(nix::errno::Errno::EINTR) = waitpid(self.pid, None) {}
             self.reaped = true;
         }
         let _ = std::fs::remove_file(&self.socket);

@@ -169,7 +169,7 @@ impl Share {
     }
 
     fn guest(&self, g: Guest) -> Guest {
-        let mut g = g.without_berth().as_user(TEST_USER);
+        let mut g = g.without_berth().host_user(TEST_USER);
         for m in VIRTIOFS_MODULES {
             g = g.module(m);
         }
@@ -285,25 +285,24 @@ fn vm_virtiofs_the_exports_parent_is_out_of_reach() {
     let parent = share.parent.display().to_string();
     let r = share.guest(g).run(
         &format!(
-            "{MOUNT}{}",
-            format!(
-                r#"try() {{ out=$(cat "$1" 2>/dev/null); case "$out" in *secret*) echo "R:leak=$1";; esac; }}
+            r#"{MOUNT}try() {{ out=$(cat "$1" 2>/dev/null); case "$out" in *secret*) echo "R:leak=$1";; esac; }}
 for p in /mnt/ws/../SECRET-OUTSIDE /mnt/ws/up /mnt/ws/abs /mnt/ws/dotdot/SECRET-OUTSIDE /mnt/ws/dotdot/../SECRET-OUTSIDE \
   /proc/self/root/mnt/ws/../SECRET-OUTSIDE /proc/1/root{parent}/SECRET-OUTSIDE {parent}/SECRET-OUTSIDE; do try "$p"; done
 for d in /mnt/ws/.. /mnt/ws/dotdot /mnt/ws/../.. /proc/self/root/mnt/ws/..; do
   ls -a "$d" 2>/dev/null | grep -q SECRET && echo "R:listed=$d"
 done
 echo "R:inside=$(cat /mnt/ws/inside)"
+echo "R:up_link=$(readlink /mnt/ws/up)"
 echo "R:ws=$(ls -a /mnt/ws | tr '\n' ' ')"
 cd /mnt/ws && cd .. && echo "R:up_is=$(pwd)"
 "#
-            )
         ),
         Duration::from_secs(60),
     );
     let v = values(&r.output);
     assert_eq!(v.get("mounted").map(String::as_str), Some("yes"), "{}", r.output);
     assert_eq!(v.get("inside").map(String::as_str), Some("in"), "{}", r.output);
+    assert_eq!(v.get("up_link").map(String::as_str), Some("../SECRET-OUTSIDE"), "{}", r.output);
     assert!(!r.output.contains("R:leak=") && !r.output.contains("R:listed="), "{}", r.output);
     assert!(!r.output.contains("parent-secret-4711"), "{}", r.output);
     assert_eq!(v.get("up_is").map(String::as_str), Some("/mnt"), "{}", r.output);

@@ -18,7 +18,7 @@
 //!
 //! Callers may add kernel modules ([`Guest::module`], loaded in the order
 //! given, after `overlay`), QEMU arguments ([`Guest::qemu_args`]: devices),
-//! run QEMU as another host user ([`Guest::as_user`]) and leave berth out
+//! run QEMU as another host user ([`Guest::host_user`]) and leave berth out
 //! of the initramfs ([`Guest::without_berth`]: a faster build).
 
 use std::fs;
@@ -179,7 +179,7 @@ impl Guest {
     }
 
     /// Runs QEMU as host user `user` (with its groups), not as the test.
-    pub fn as_user(mut self, user: &str) -> Guest {
+    pub fn host_user(mut self, user: &str) -> Guest {
         self.user = Some(user.to_string());
         self
     }
