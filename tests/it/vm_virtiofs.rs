@@ -6,6 +6,7 @@
 //! the test re-executes this test binary as the user with only
 //! [`virtiofsd_for_the_test_user`] selected, which starts the daemon, says
 //! `VIRTIOFSD-READY PID`, and keeps it until its stdin closes.
+//! `BERTH_TEST_VIRTIOFSD=PATH` tests that daemon instead of the one found.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -24,6 +25,8 @@ use crate::common::*;
 const HELPER_DIR: &str = "BERTH_TEST_VIRTIOFSD_DIR";
 const HELPER_SOCKET: &str = "BERTH_TEST_VIRTIOFSD_SOCKET";
 const READY: &str = "VIRTIOFSD-READY";
+/// A daemon to test instead of the one found (e.g. the Rust virtiofsd).
+const DAEMON: &str = "BERTH_TEST_VIRTIOFSD";
 
 /// Not a test of its own: the daemon's owner when a test re-executes this
 /// binary as the test user (it passes at once otherwise).
@@ -32,7 +35,8 @@ fn virtiofsd_for_the_test_user() {
     let (Some(dir), Some(socket)) = (std::env::var_os(HELPER_DIR), std::env::var_os(HELPER_SOCKET)) else { return };
     let mapping = IdMapping::for_current_user().expect("the test user's mapping");
     let t0 = Instant::now();
-    let vfs = Virtiofsd::start(Path::new(&dir), Path::new(&socket), &mapping, &VirtiofsOptions::default())
+    let opts = VirtiofsOptions { daemon: std::env::var_os(DAEMON).map(PathBuf::from), ..VirtiofsOptions::default() };
+    let vfs = Virtiofsd::start(Path::new(&dir), Path::new(&socket), &mapping, &opts)
         .unwrap_or_else(|e| panic!("starting virtiofsd: {:#}", anyhow::Error::new(e)));
     println!("{READY} {} {}", vfs.pid(), t0.elapsed().as_micros());
     std::io::stdout().flush().unwrap();
@@ -79,7 +83,11 @@ struct Helper {
 
 impl Helper {
     fn start(dir: &Path, socket: &Path) -> Helper {
-        let mut child = Command::new("setpriv")
+        let mut cmd = Command::new("setpriv");
+        if let Some(d) = std::env::var_os(DAEMON) {
+            cmd.env(DAEMON, d);
+        }
+        let mut child = cmd
             .args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups", "--"])
             .arg(exe_for_test_user())
             .args(["--exact", "vm_virtiofs::virtiofsd_for_the_test_user", "--nocapture", "--test-threads=1", "-q"])
@@ -158,8 +166,9 @@ impl Share {
         let top = tempfile::Builder::new().prefix("berth-vfs-").tempdir().unwrap();
         std::fs::set_permissions(top.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let parent = top.path().join("parent");
-        let ws = parent.join("ws");
-        let run = top.path().join("run");
+        // Commas: both QEMU's and the C daemon's option lists split at them.
+        let ws = parent.join("ws,1");
+        let run = top.path().join("run,1");
         std::fs::create_dir_all(&ws).unwrap();
         std::fs::create_dir_all(&run).unwrap();
         std::fs::write(parent.join("SECRET-OUTSIDE"), "parent-secret-4711\n").unwrap();
@@ -262,24 +271,26 @@ fn vm_virtiofs_the_exports_parent_is_out_of_reach() {
     let helper = Helper::start(&share.ws, &share.socket);
 
     // While the guest runs: the daemon's server process (its child once
-    // QEMU connected) sees the export as "/".
+    // QEMU connected) ends up with the export as "/" (it forks before its
+    // pivot_root: the last listing taken is what counts).
     let daemon = helper.pid;
     let watcher = std::thread::spawn(move || {
         let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = None;
         while Instant::now() < deadline {
             if let Some(&c) = children(daemon).first() {
-                let root: Vec<String> = match std::fs::read_dir(format!("/proc/{c}/root")) {
-                    Ok(d) => d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect(),
-                    Err(_) => {
-                        std::thread::sleep(Duration::from_millis(20));
-                        continue;
+                if let Ok(d) = std::fs::read_dir(format!("/proc/{c}/root")) {
+                    let names: Vec<String> = d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                    let done = names.iter().any(|n| n == "inside");
+                    last = Some(names);
+                    if done {
+                        break;
                     }
-                };
-                return Some(root);
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        None
+        last
     });
 
     let parent = share.parent.display().to_string();
@@ -308,7 +319,7 @@ cd /mnt/ws && cd .. && echo "R:up_is=$(pwd)"
     assert_eq!(v.get("up_is").map(String::as_str), Some("/mnt"), "{}", r.output);
     let root = watcher.join().unwrap().expect("the daemon's sandboxed server never appeared");
     assert!(root.iter().any(|n| n == "inside"), "server root: {root:?}");
-    assert!(!root.iter().any(|n| n == "SECRET-OUTSIDE" || n == "ws"), "server root: {root:?}");
+    assert!(!root.iter().any(|n| n == "SECRET-OUTSIDE" || n == "ws,1"), "server root: {root:?}");
     helper.finish();
 }
 
