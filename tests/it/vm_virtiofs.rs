@@ -79,6 +79,7 @@ struct Helper {
     pid: i32,
     /// How long `Virtiofsd::start` took.
     startup: Duration,
+    socket: PathBuf,
 }
 
 impl Helper {
@@ -115,7 +116,7 @@ impl Helper {
         };
         let mut it = ready.split_whitespace().map(|n| n.parse::<u64>().unwrap());
         let (pid, us) = (it.next().unwrap() as i32, it.next().unwrap());
-        Helper { child, stdin, pid, startup: Duration::from_micros(us) }
+        Helper { child, stdin, pid, startup: Duration::from_micros(us), socket: socket.to_path_buf() }
     }
 
     /// Lets the helper drop the daemon and end.
@@ -124,6 +125,7 @@ impl Helper {
         let st = self.child.wait().unwrap();
         assert!(st.success(), "helper: {st}");
         assert!(gone(self.pid), "virtiofsd {} outlived its Drop", self.pid);
+        assert!(!self.socket.exists(), "the socket outlived the daemon");
     }
 }
 
