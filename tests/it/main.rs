@@ -34,3 +34,4 @@ mod validate;
 mod userns_keepid;
 mod vm_guest;
 mod vm_rootfs;
+mod vm_virtiofs;

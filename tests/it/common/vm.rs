@@ -15,6 +15,11 @@
 //! `as-user CMD…` runs CMD as `u` where the script is; `as-user-in CG CMD…`
 //! runs it as `u` alone in `/sys/fs/cgroup/CG`, made and delegated to `u`
 //! as systemd's `Delegate=yes` does.
+//!
+//! Callers may add kernel modules ([`Guest::module`], loaded in the order
+//! given, after `overlay`), QEMU arguments ([`Guest::qemu_args`]: devices),
+//! run QEMU as another host user ([`Guest::host_user`]) and leave berth out
+//! of the initramfs ([`Guest::without_berth`]: a faster build).
 
 use std::fs;
 use std::io::Read;
@@ -25,6 +30,16 @@ use std::time::Duration;
 
 /// Printed by the guest's /init before the script's exit status.
 pub const STATUS_MARK: &str = "BERTH-GUEST-STATUS";
+
+/// The modules, in load order, that a virtio-fs mount in the guest needs
+/// (paths under the kernel's module tree).
+pub const VIRTIOFS_MODULES: &[&str] = &[
+    "drivers/virtio/virtio_ring.ko",
+    "drivers/virtio/virtio.ko",
+    "drivers/virtio/virtio_mmio.ko",
+    "fs/fuse/fuse.ko",
+    "fs/fuse/virtiofs.ko",
+];
 
 /// Where `tests/run` puts the extracted kernel package.
 const DEFAULT_KERNEL_DIR: &str = "/var/cache/berth-test/kernel";
@@ -83,9 +98,14 @@ pub struct GuestRun {
 
 pub struct Guest {
     kernel: PathBuf,
+    /// The kernel's module tree (`.../lib/modules/RELEASE/kernel`).
+    module_dir: PathBuf,
     modules: Vec<PathBuf>,
     files: Vec<(PathBuf, String)>,
     memory_mib: u32,
+    qemu_args: Vec<String>,
+    user: Option<String>,
+    berth: bool,
 }
 
 impl Guest {
@@ -115,7 +135,16 @@ impl Guest {
         if Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status().is_err() {
             return Err("no qemu-system-x86_64".into());
         }
-        Ok(Guest { kernel, modules: vec![overlay], files: Vec::new(), memory_mib: 512 })
+        Ok(Guest {
+            kernel,
+            module_dir: mods,
+            modules: vec![overlay],
+            files: Vec::new(),
+            memory_mib: 512,
+            qemu_args: Vec::new(),
+            user: None,
+            berth: true,
+        })
     }
 
     /// Copies `src` (a file or a directory tree) to `dst` in the guest.
@@ -129,13 +158,56 @@ impl Guest {
         self
     }
 
+    /// The guest's RAM in bytes (QEMU's `-m`).
+    pub fn memory_bytes(&self) -> u64 {
+        u64::from(self.memory_mib) << 20
+    }
+
+    /// Loads the module at `path` (under the kernel's module tree, e.g.
+    /// `fs/fuse/fuse.ko`) after those added before it.
+    pub fn module(mut self, path: &str) -> Guest {
+        let m = self.module_dir.join(path);
+        assert!(m.exists(), "no module {}", m.display());
+        self.modules.push(m);
+        self
+    }
+
+    /// Appends `args` to QEMU's command line.
+    pub fn qemu_args<I: IntoIterator<Item = String>>(mut self, args: I) -> Guest {
+        self.qemu_args.extend(args);
+        self
+    }
+
+    /// Runs QEMU as host user `user` (with its groups), not as the test.
+    pub fn host_user(mut self, user: &str) -> Guest {
+        self.user = Some(user.to_string());
+        self
+    }
+
+    /// Leaves berth and its libraries out of the initramfs.
+    pub fn without_berth(mut self) -> Guest {
+        self.berth = false;
+        self
+    }
+
     /// Boots the guest, runs `script` and returns what it printed. Panics,
     /// with the console so far, when the guest outlives `timeout`.
     pub fn run(&self, script: &str, timeout: Duration) -> GuestRun {
         let work = tempfile::tempdir().unwrap();
         let initrd = work.path().join("initrd.gz");
         self.build_initramfs(&work.path().join("root"), script, &initrd);
-        let mut child = Command::new("qemu-system-x86_64")
+        let mut cmd = match &self.user {
+            Some(user) => {
+                // The kernel and initramfs must be readable by that user.
+                fs::set_permissions(work.path(), fs::Permissions::from_mode(0o755)).unwrap();
+                // setpriv execs QEMU itself: killing the child kills QEMU.
+                let mut c = Command::new("setpriv");
+                c.args(["--reuid", user, "--regid", user, "--init-groups", "--", "qemu-system-x86_64"]);
+                c
+            }
+            None => Command::new("qemu-system-x86_64"),
+        };
+        let mut child = cmd
             .args(["-M", "microvm", "-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", &self.memory_mib.to_string()])
             .args(["-no-user-config", "-display", "none", "-no-reboot", "-serial", "stdio", "-monitor", "none"])
             .arg("-kernel")
@@ -145,6 +217,7 @@ impl Guest {
             // tsc_early_khz: under TCG the kernel finds no timer to
             // calibrate the TSC against and hangs without it.
             .args(["-append", "console=ttyS0 loglevel=1 panic=-1 reboot=t tsc_early_khz=2000000"])
+            .args(&self.qemu_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -179,16 +252,21 @@ impl Guest {
             std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
         }
         // The berth under test, without debug info (a quarter of the size).
-        let berth = root.join("bin/berth");
-        let st = Command::new("objcopy").arg("--strip-debug").arg(env!("CARGO_BIN_EXE_berth")).arg(&berth).status().unwrap();
-        assert!(st.success(), "objcopy --strip-debug");
-        for lib in shared_libraries(Path::new(env!("CARGO_BIN_EXE_berth"))) {
-            let dst = root.join(lib.strip_prefix("/").unwrap());
-            fs::create_dir_all(dst.parent().unwrap()).unwrap();
-            fs::copy(&lib, &dst).unwrap();
+        if self.berth {
+            let berth = root.join("bin/berth");
+            let st = Command::new("objcopy").arg("--strip-debug").arg(env!("CARGO_BIN_EXE_berth")).arg(&berth).status().unwrap();
+            assert!(st.success(), "objcopy --strip-debug");
+            for lib in shared_libraries(Path::new(env!("CARGO_BIN_EXE_berth"))) {
+                let dst = root.join(lib.strip_prefix("/").unwrap());
+                fs::create_dir_all(dst.parent().unwrap()).unwrap();
+                fs::copy(&lib, &dst).unwrap();
+            }
         }
-        for m in &self.modules {
-            fs::copy(m, root.join("lib/modules").join(m.file_name().unwrap())).unwrap();
+        // /init loads them in the order of their names: a number first
+        // keeps the order they were added in (dependencies first).
+        for (i, m) in self.modules.iter().enumerate() {
+            let name = format!("{i:02}-{}", m.file_name().unwrap().to_string_lossy());
+            fs::copy(m, root.join("lib/modules").join(name)).unwrap();
         }
         let text = |path: &str, body: &str, mode: u32| {
             let p = root.join(path);
