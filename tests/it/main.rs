@@ -33,3 +33,4 @@ mod unpack_rootless;
 mod validate;
 mod userns_keepid;
 mod vm_guest;
+mod vm_image;
