@@ -154,6 +154,7 @@ pub fn setup(paths: &Paths, opts: &SetupOptions) -> Result<GuestKernel, KernelEr
     let vm = paths.root.join("vm");
     let store = store_dir(paths);
     Paths::ensure_private_dir(&store).map_err(io_err(&store))?;
+    remove_stale_temps(&vm);
     let tmp = TempDir::new(&vm, "setup")?;
 
     let debs = if opts.debs.is_empty() {
@@ -224,6 +225,20 @@ pub fn setup(paths: &Paths, opts: &SetupOptions) -> Result<GuestKernel, KernelEr
     }
     drop(tmp);
     GuestKernel::find(paths, None, None)
+}
+
+/// Removes what a killed setup left under `vm` (its working directories
+/// are named `.tmp-setup-*`), once they are an hour old: a concurrent setup
+/// may still be using a younger one.
+fn remove_stale_temps(vm: &Path) {
+    let Ok(rd) = fs::read_dir(vm) else { return };
+    for e in rd.flatten() {
+        let old = e.metadata().ok().and_then(|m| m.modified().ok()).and_then(|t| t.elapsed().ok());
+        if e.file_name().to_string_lossy().starts_with(".tmp-setup-") && old.is_some_and(|a| a.as_secs() > 3600) {
+            tracing::debug!("removing {}, left by an interrupted setup", e.path().display());
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// `apt-get download` of the versioned package the meta package depends
