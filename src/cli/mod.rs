@@ -24,6 +24,7 @@ mod pod_options;
 mod pods;
 mod pull;
 mod run;
+mod vm;
 
 /// Run a CI build inside a pod of OCI containers: rootless, daemon-less.
 ///
@@ -104,6 +105,8 @@ pub enum Command {
     Stop(pods::StopArgs),
     /// Remove a stopped pod's leftover state.
     Rm(pods::RmArgs),
+    /// The guest kernel and initramfs of `--isolation vm` (`berth vm setup`).
+    Vm(vm::VmArgs),
 }
 
 /// Parses the command line, runs it, and maps the outcome to an exit status.
@@ -162,6 +165,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<u8> {
         Command::Logs(a) => pods::logs(g, a),
         Command::Stop(a) => pods::stop(g, a),
         Command::Rm(a) => pods::rm(g, a),
+        Command::Vm(a) => vm::run(g, a),
     }
 }
 

@@ -35,3 +35,4 @@ mod userns_keepid;
 mod vm_guest;
 mod vm_rootfs;
 mod vm_virtiofs;
+mod vm_image;
