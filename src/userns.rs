@@ -338,11 +338,14 @@ pub struct SpawnOptions {
     /// A cgroup (v2) directory the child is moved into before it runs, so
     /// that a cgroup namespace it makes is rooted there.
     pub cgroup: Option<PathBuf>,
+    /// fds that become the child's stdout and stderr (e.g. a log file for a
+    /// helper daemon: berth's stdout belongs to the container).
+    pub stdout_stderr: Option<(RawFd, RawFd)>,
 }
 
 impl Default for SpawnOptions {
     fn default() -> Self {
-        SpawnOptions { extra_namespaces: CloneFlags::empty(), parent_death_signal: None, keep_fds: Vec::new(), cgroup: None }
+        SpawnOptions { extra_namespaces: CloneFlags::empty(), parent_death_signal: None, keep_fds: Vec::new(), cgroup: None, stdout_stderr: None }
     }
 }
 
@@ -400,6 +403,7 @@ pub fn spawn(
         pdeath,
         full_groups,
         keep_fds: &opts.keep_fds,
+        stdout_stderr: opts.stdout_stderr,
         prog: prog.as_ptr(),
         argv: argv.as_ptr(),
         envp: envp.as_ptr(),
@@ -458,6 +462,7 @@ struct ChildCtx<'a> {
     pdeath: libc::c_int,
     full_groups: bool,
     keep_fds: &'a [RawFd],
+    stdout_stderr: Option<(RawFd, RawFd)>,
     prog: *const libc::c_char,
     argv: *const *const libc::c_char,
     envp: *const *const libc::c_char,
@@ -532,6 +537,11 @@ unsafe fn child_after_clone(c: &ChildCtx<'_>) -> ! {
             let fl = libc::fcntl(fd, libc::F_GETFD);
             if fl >= 0 {
                 libc::fcntl(fd, libc::F_SETFD, fl & !libc::FD_CLOEXEC);
+            }
+        }
+        if let Some((out, err)) = c.stdout_stderr {
+            if libc::dup2(out, 1) < 0 || libc::dup2(err, 2) < 0 {
+                fail(c.err_w);
             }
         }
         // berth ignores SIGPIPE; the program it runs gets the default back.

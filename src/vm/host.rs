@@ -129,7 +129,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) ->
     let vm_dir = dir.dir.join("vm");
     std::fs::create_dir_all(&vm_dir).map_err(io_err("creating the VM's state directory"))?;
     let virtiofsd = if l.share_workspace {
-        let opts = super::virtiofs::VirtiofsOptions::default();
+        let opts = super::virtiofs::VirtiofsOptions { log: Some(vm_dir.join("virtiofsd.log")), ..Default::default() };
         Some(super::virtiofs::Virtiofsd::start(&plan.workspace, &vm_dir.join("fs.sock"), l.mapping, &opts)?)
     } else {
         None

@@ -72,6 +72,11 @@ pub fn find_binary(explicit: Option<&Path>) -> Option<PathBuf> {
     })
 }
 
+/// A path inside a QEMU option list, where a comma is written twice.
+fn esc(p: &Path) -> String {
+    p.to_string_lossy().replace(',', ",,")
+}
+
 /// A read-only disk image for the guest.
 #[derive(Debug, Clone)]
 pub struct Disk {
@@ -126,22 +131,23 @@ impl VmConfig {
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
         push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
         push(&["-accel", accel, "-cpu", cpu, "-smp", &smp, "-m", &mem]);
-        match &self.virtiofs {
-            // vhost-user needs the guest's memory shared with virtiofsd.
-            Some(_) => {
-                let backend = format!("memory-backend-memfd,id=mem,size={mem},share=on");
-                push(&["-object", &backend, "-M", "microvm,memory-backend=mem"]);
-            }
-            None => push(&["-M", "microvm"]),
+        push(&["-M", "microvm"]);
+        // Modern virtio on every virtio-mmio device: vhost-user (virtio-fs)
+        // requires it, and the others are faster for it.
+        push(&["-global", "virtio-mmio.force-legacy=false"]);
+        if let Some(sock) = &self.virtiofs {
+            // Also shares the guest's memory with virtiofsd.
+            let fs = super::virtiofs::qemu_args(sock, self.memory_mib << 20);
+            push(&fs.iter().map(String::as_str).collect::<Vec<_>>());
         }
-        let con = format!("file,id=con,path={}", self.console_log.display());
+        let con = format!("file,id=con,path={}", esc(&self.console_log));
         push(&["-chardev", &con, "-serial", "chardev:con"]);
         let ctl = format!("socket,id=ctl,fd={control}");
         push(&["-chardev", &ctl, "-device", "virtio-serial-device,max_ports=2"]);
         let port = format!("virtserialport,chardev=ctl,name={}", super::proto::PORT_NAME);
         push(&["-device", &port]);
         for (k, d) in self.disks.iter().enumerate() {
-            let drive = format!("id=disk{k},file={},format=raw,if=none,readonly=on", d.path.display());
+            let drive = format!("id=disk{k},file={},format=raw,if=none,readonly=on", esc(&d.path));
             let dev = format!("virtio-blk-device,drive=disk{k},serial={}", d.serial);
             push(&["-drive", &drive, "-device", &dev]);
         }
@@ -152,11 +158,6 @@ impl VmConfig {
                 netdev.push_str(&format!(",hostfwd=tcp:{ip}:{}-:{}", p.host_port, p.container_port));
             }
             push(&["-netdev", &netdev, "-device", "virtio-net-device,netdev=net0"]);
-        }
-        if let Some(sock) = &self.virtiofs {
-            let chr = format!("socket,id=fs,path={}", sock.display());
-            let dev = format!("vhost-user-fs-device,chardev=fs,tag={}", super::virtiofs::TAG);
-            push(&["-chardev", &chr, "-device", &dev]);
         }
         push(&["-kernel"]);
         a.push(self.kernel.clone().into());
@@ -230,7 +231,7 @@ mod tests {
             kernel: "/k".into(),
             initrd: "/i".into(),
             console_log: "/c".into(),
-            disks: vec![Disk { path: "/img0".into(), serial: "berth-img0".into() }],
+            disks: vec![Disk { path: "/img,0".into(), serial: "berth-img0".into() }],
             network: None,
             virtiofs: None,
         }
@@ -245,7 +246,7 @@ mod tests {
         let s = joined(&cfg());
         assert!(s.starts_with("-nodefaults -no-user-config"));
         assert!(s.contains("-sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"));
-        assert!(s.contains("file=/img0,format=raw,if=none,readonly=on"));
+        assert!(s.contains("file=/img,,0,format=raw,if=none,readonly=on"), "commas doubled");
         assert!(s.contains("socket,id=ctl,fd=9"));
         assert!(!s.contains("-netdev"), "no network unless asked");
         assert!(s.contains("tsc_early_khz"));
@@ -260,8 +261,8 @@ mod tests {
         c.virtiofs = Some("/s/fs.sock".into());
         let s = joined(&c);
         assert!(s.contains("user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80"));
-        assert!(s.contains("memory-backend-memfd,id=mem,size=512M,share=on -M microvm,memory-backend=mem"));
-        assert!(s.contains("vhost-user-fs-device,chardev=fs,tag="));
+        assert!(s.contains("memory-backend-memfd,id=mem,size=536870912,share=on -machine memory-backend=mem"));
+        assert!(s.contains("vhost-user-fs-device,chardev=virtiofs,tag="));
         assert!(!s.contains("tsc_early_khz"));
         assert!(s.contains("-cpu host"));
     }

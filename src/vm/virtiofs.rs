@@ -52,6 +52,8 @@ pub enum VirtiofsError {
     UnknownDaemon { path: PathBuf },
     #[error("the shared directory {path}")]
     Dir { path: PathBuf, source: io::Error },
+    #[error("opening the daemon's log {path}")]
+    Log { path: PathBuf, source: io::Error },
     #[error("the shared directory {path} is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("the vhost-user socket {path}")]
@@ -87,11 +89,14 @@ pub struct VirtiofsOptions {
     pub daemon: Option<PathBuf>,
     /// How long [`Virtiofsd::start`] waits for the daemon to listen.
     pub timeout: Duration,
+    /// Where the daemon's output goes; `None`: /dev/null. Never berth's
+    /// own stdout, which is the container's.
+    pub log: Option<PathBuf>,
 }
 
 impl Default for VirtiofsOptions {
     fn default() -> Self {
-        VirtiofsOptions { daemon: None, timeout: Duration::from_secs(10) }
+        VirtiofsOptions { daemon: None, timeout: Duration::from_secs(10), log: None }
     }
 }
 
@@ -237,9 +242,16 @@ impl Virtiofsd {
         let listener = bind(socket)?;
         let mut vfs = Virtiofsd { pid: Pid::from_raw(0), socket: socket.to_path_buf(), daemon, reaped: true };
         let args = daemon_args(vfs.daemon.kind, &dir, listener.as_raw_fd(), nofile_limit());
+        let log_path = opts.log.clone().unwrap_or_else(|| PathBuf::from("/dev/null"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| VirtiofsError::Log { path: log_path.clone(), source })?;
         let spawn_opts = SpawnOptions {
             parent_death_signal: Some(Signal::SIGKILL),
             keep_fds: vec![listener.as_raw_fd()],
+            stdout_stderr: Some((log.as_raw_fd(), log.as_raw_fd())),
             ..SpawnOptions::default()
         };
         let t0 = Instant::now();

@@ -131,6 +131,7 @@ fn run_pod_process(
         parent_death_signal: Some(Signal::SIGKILL),
         keep_fds: vec![state.as_raw_fd()],
         cgroup: cgroup.map(|c| c.dir.clone()),
+        stdout_stderr: None,
     };
     let pid = Entry::pod_by_fd(&state).spawn(opts.mapping, opts.verbose, &spawn_opts)?;
     drop(state);
