@@ -33,6 +33,7 @@ mod unpack_rootless;
 mod validate;
 mod userns_keepid;
 mod vm_guest;
+mod vm_mode;
 mod vm_rootfs;
 mod vm_virtiofs;
 mod vm_image;

@@ -320,3 +320,28 @@ fn shared_libraries(binary: &Path) -> Vec<PathBuf> {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with('/')).map(PathBuf::from))
         .collect()
 }
+
+/// The extracted test kernel: `(vmlinuz, modules dir)`, or None (after
+/// saying so) when it or QEMU is missing and `BERTH_SKIP_VM_TESTS=1`.
+pub fn test_kernel() -> Option<(PathBuf, PathBuf)> {
+    let dir = std::env::var_os("BERTH_TEST_KERNEL_DIR").map(PathBuf::from).unwrap_or_else(|| DEFAULT_KERNEL_DIR.into());
+    let found = (|| {
+        let vmlinuz = std::fs::read_dir(dir.join("boot"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("vmlinuz-"))?;
+        let version = vmlinuz.file_name().unwrap().to_string_lossy().trim_start_matches("vmlinuz-").to_string();
+        let modules = dir.join("lib/modules").join(version);
+        let qemu = Command::new("qemu-system-x86_64").arg("--version").stdout(Stdio::null()).status().is_ok();
+        (modules.is_dir() && qemu).then_some((vmlinuz, modules))
+    })();
+    match found {
+        Some(k) => Some(k),
+        None if std::env::var_os("BERTH_SKIP_VM_TESTS").is_some_and(|v| v == "1") => {
+            eprintln!("SKIPPED (BERTH_SKIP_VM_TESTS=1): no guest kernel under {} or no QEMU", dir.display());
+            None
+        }
+        None => panic!("no guest kernel under {} or no qemu-system-x86_64; tests/run provides both (or set BERTH_SKIP_VM_TESTS=1)", dir.display()),
+    }
+}
