@@ -331,8 +331,11 @@ pub fn run_pod_adjusted(
     // the blobs they are unpacked from.
     let provisioning = prov.store.lock_shared()?;
     let images: HashMap<String, Image> = refs.iter().cloned().zip(prov.images_by_policy(&wanted, &s.fetch)?).collect();
-    if s.userns == UsernsMode::KeepId {
-        anyhow::ensure!(s.isolation_of(&pod) == pod::Isolation::Container, "--userns keep-id is not available with --isolation vm (the workspace's files are yours there anyway)");
+    // In a VM the guest's root writes the shared workspace as the invoking
+    // user already (virtiofsd runs as root of the user namespace).
+    if s.userns == UsernsMode::KeepId && s.isolation_of(&pod) == pod::Isolation::Vm {
+        tracing::debug!("--userns keep-id does not apply with --isolation vm");
+    } else if s.userns == UsernsMode::KeepId {
         use_keep_id(&mut prov, &pod, &images)?;
     }
     let mut layers: HashMap<String, Vec<PathBuf>> = HashMap::new();

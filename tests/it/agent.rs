@@ -519,3 +519,37 @@ fn agent_jar_from_agentjar_url_is_cached_and_revalidated() {
     let cached = b.s.env.root.join("agent/jars").join(format!("{}.jar", hex_of(&sha256(&upgraded))));
     assert!(cached.is_file(), "the new jar is cached by digest");
 }
+
+/// `berth agent --isolation vm`: the same channel through the VM's control
+/// port (TCG here), a step that writes into the host's workspace, and the
+/// whole stream binary-clean.
+#[test]
+fn the_channel_comes_up_through_a_vm() {
+    let Some((vmlinuz, modules)) = crate::common::vm::test_kernel() else { return };
+    let b = bed();
+    let ws = b.s.env.home.join("ws");
+    std::fs::create_dir(&ws).unwrap();
+    b.s.env.chown();
+    let args = [
+        "--isolation", "vm", "--accel", "tcg",
+        "--kernel", vmlinuz.to_str().unwrap(), "--modules", modules.to_str().unwrap(),
+        "--workspace", ws.to_str().unwrap(), &b.s.image,
+    ];
+    let s = b.session(&["version", "exec:uname -r; echo built > out.txt", "echo:4", "close"], &args);
+    assert!(s.line("version ").starts_with("17."), "{s:#?}");
+    assert_eq!(s.line("exec "), "0", "{s:#?}");
+    // The guest's kernel, not the host's.
+    let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let guest_kernel = s.all("| ")[0].to_string();
+    assert_ne!(guest_kernel, host_kernel.trim(), "{s:#?}");
+    assert!(modules.ends_with(&guest_kernel), "{guest_kernel} is not the test kernel: {s:#?}");
+    let e = s.line("echo ");
+    let fields: Vec<&str> = e.split_whitespace().collect();
+    let sha = |k: &str| fields.iter().find_map(|f| f.strip_prefix(k)).unwrap();
+    assert_eq!(sha("sent="), sha("back="), "{s:#?}");
+    let out = ws.join("out.txt");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "built\n");
+    assert_eq!(std::fs::metadata(&out).unwrap().uid(), test_user_ids().0);
+    assert_eq!(s.exit().0, 0, "{s:#?}");
+    assert_eq!(std::fs::read_dir(b.s.env.run_root.join("pods")).map(|d| d.count()).unwrap_or(0), 0, "pod state left behind");
+}
