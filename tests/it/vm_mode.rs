@@ -251,3 +251,22 @@ fn vm_mode_refuses_host_paths_before_booting() {
     assert!(line.contains("outside the pod") && line.contains(&dir.display().to_string()), "{line}");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+#[test]
+fn vm_mode_outbound_network_reaches_the_hosts_loopback() {
+    let Some(vm) = setup() else { return };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let body = "from the host\n";
+            let _ = write!(s, "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    let url = format!("http://host.containers.internal:{port}/x");
+    // The default network is outbound: QEMU's user-mode stack, no bridge.
+    let r = vm.run(&[], &["wget", "-q", "-O-", &url]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "from the host\n"), "{r:?}");
+}
