@@ -61,7 +61,8 @@ pub fn init() -> u8 {
         crate::exit::report(&GuestError::NotInit);
         return crate::exit::PROVISION;
     }
-    let code = match boot() {
+    let init_ms = guest_clock_ms();
+    let code = match boot(init_ms) {
         Ok(code) => code,
         Err((e, port)) => {
             let line = format!("berth: in the VM: {}\n", crate::exit::chain(&e));
@@ -89,7 +90,18 @@ fn power_off(code: u8) -> u8 {
 
 type Failure = (GuestError, Option<fs::File>);
 
-fn boot() -> Result<u8, Failure> {
+/// The guest's clock: ms since its kernel started.
+fn guest_clock_ms() -> u32 {
+    // SAFETY: clock_gettime writes one timespec into `t`.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a valid clock id and pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut t) } != 0 {
+        return 0;
+    }
+    (t.tv_sec as u64 * 1000 + t.tv_nsec as u64 / 1_000_000) as u32
+}
+
+fn boot(init_ms: u32) -> Result<u8, Failure> {
     let no_port = |e: GuestError| (e, None);
     system_mounts().map_err(no_port)?;
     load_modules().map_err(no_port)?;
@@ -97,7 +109,7 @@ fn boot() -> Result<u8, Failure> {
     let mut port_w = port.try_clone().map_err(|e| (setup("the control port")(e), None))?;
     let spare = port.try_clone().ok();
     let fail = |e: GuestError| (e, spare.as_ref().and_then(|p| p.try_clone().ok()));
-    write_frames(&mut port_w, &[Frame::Hello { version: VERSION }]).map_err(|e| fail(setup("the control port")(e)))?;
+    write_frames(&mut port_w, &[Frame::Hello { version: VERSION, init_ms, now_ms: guest_clock_ms() }]).map_err(|e| fail(setup("the control port")(e)))?;
     let (start, raw, mut decoder) = read_start(&port).map_err(fail)?;
     if start.verbose > 0 {
         tracing::debug!("start frame: {} containers, {} disks", start.plan.containers.len(), start.disks.len());

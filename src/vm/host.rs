@@ -248,7 +248,7 @@ impl Vm<'_> {
 }
 
 fn relay(vm: &mut Vm<'_>, signals: &Signals, sock: OwnedFd, start_frame: Vec<u8>, timeout: Duration, booted: Instant, accel: Accel) -> Result<u8, VmError> {
-    let relay = std::rc::Rc::new(std::cell::RefCell::new(HostRelay::new(sock, start_frame)));
+    let relay = std::rc::Rc::new(std::cell::RefCell::new(HostRelay::new(sock, start_frame, booted)));
     let mut events = EventLoop::new();
     events.add(Box::new(SharedHost(relay.clone())));
     let deadline = booted + timeout;
@@ -355,11 +355,14 @@ struct HostRelay {
     exit: Option<u8>,
     closed: bool,
     error: Option<VmError>,
+    /// When QEMU was started.
+    spawned: Instant,
 }
 
 impl HostRelay {
-    fn new(sock: OwnedFd, start: Vec<u8>) -> HostRelay {
+    fn new(sock: OwnedFd, start: Vec<u8>, spawned: Instant) -> HostRelay {
         HostRelay {
+            spawned,
             sock,
             decoder: Decoder::new(),
             to_guest: Vec::new(),
@@ -375,14 +378,22 @@ impl HostRelay {
 
     fn frame(&mut self, f: Frame) {
         match f {
-            Frame::Hello { version } if version == VERSION => {
+            Frame::Hello { version, init_ms, now_ms } if version == VERSION => {
                 self.hello = Some(version);
+                let wall = self.spawned.elapsed().as_millis();
+                // The guest's clock starts with its kernel: what came before
+                // on the wall clock is QEMU's own start.
+                tracing::debug!(
+                    "guest up {wall} ms after QEMU started: QEMU {} ms, kernel {init_ms} ms, init {} ms",
+                    wall.saturating_sub(now_ms as u128),
+                    now_ms.saturating_sub(init_ms)
+                );
                 if let Some(start) = self.start.take() {
                     Frame::Start(start).encode(&mut self.to_guest);
                     self.stdin_open = true;
                 }
             }
-            Frame::Hello { version } => self.error = Some(VmError::Version(version)),
+            Frame::Hello { version, .. } => self.error = Some(VmError::Version(version)),
             Frame::Stdout(data) => {
                 if !self.stdout_gone && write_all_fd(1, &data).is_err() {
                     // Like a container whose reader left: its writes fail

@@ -23,8 +23,9 @@ const HEADER: usize = 5;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// guest → host: the init runs and speaks [`VERSION`].
-    Hello { version: u32 },
+    /// guest → host: the init runs and speaks [`VERSION`]; the guest's
+    /// clock (ms since its kernel started) when init began and now.
+    Hello { version: u32, init_ms: u32, now_ms: u32 },
     /// host → guest: what to run (JSON of [`super::plan::GuestStart`]).
     Start(Vec<u8>),
     /// host → guest: bytes for the main container's stdin.
@@ -59,8 +60,12 @@ impl Frame {
     /// Appends the frame's bytes to `out`. Payloads over [`MAX_PAYLOAD`]
     /// must be split by the caller (see [`chunks`]).
     pub fn encode(&self, out: &mut Vec<u8>) {
+        let hello;
         let payload: &[u8] = match self {
-            Frame::Hello { version } => &version.to_le_bytes(),
+            Frame::Hello { version, init_ms, now_ms } => {
+                hello = [version.to_le_bytes(), init_ms.to_le_bytes(), now_ms.to_le_bytes()].concat();
+                &hello
+            }
             Frame::Start(b) | Frame::Stdin(b) | Frame::Stdout(b) | Frame::Stderr(b) => b,
             Frame::StdinEof => &[],
             Frame::Signal(s) => &s.to_le_bytes(),
@@ -145,7 +150,13 @@ impl Decoder {
         }
         let p = &rest[HEADER..HEADER + len];
         let frame = match kind {
-            1 => Frame::Hello { version: u32::from_le_bytes(p.try_into().map_err(|_| ProtoError::Malformed("hello"))?) },
+            1 => {
+                // The version comes first, so that any later hello still
+                // says which version it is.
+                let word = |k: usize| p.get(4 * k..4 * k + 4).map(|b| u32::from_le_bytes(b.try_into().expect("4 bytes")));
+                let version = word(0).ok_or(ProtoError::Malformed("hello"))?;
+                Frame::Hello { version, init_ms: word(1).unwrap_or(0), now_ms: word(2).unwrap_or(0) }
+            }
             2 => Frame::Start(p.to_vec()),
             3 => Frame::Stdin(p.to_vec()),
             4 if p.is_empty() => Frame::StdinEof,
@@ -175,7 +186,7 @@ mod tests {
 
     fn all() -> Vec<Frame> {
         vec![
-            Frame::Hello { version: VERSION },
+            Frame::Hello { version: VERSION, init_ms: 1800, now_ms: 1900 },
             Frame::Start(b"{}".to_vec()),
             Frame::Stdin((0..=255).collect()),
             Frame::StdinEof,
