@@ -322,8 +322,11 @@ fn start_pod(start: &GuestStart, port: fs::File) -> Result<(Child, Rc<RefCell<Re
         port,
         decoder: Decoder::new(),
         to_host: Vec::new(),
+        written: 0,
+        read_buf: Vec::new(),
         stdin: Some(stdin),
         stdin_buf: Vec::new(),
+        stdin_pos: 0,
         stdin_eof: false,
         stdout: Some(stdout),
         stderr: Some(stderr),
@@ -366,10 +369,15 @@ fn relay_until_exit(signals: &Signals, child: &mut Child, relay: Rc<RefCell<Rela
 struct Relay {
     port: fs::File,
     decoder: Decoder,
-    /// Encoded frames not yet written to the port.
+    /// Encoded frames for the port; the first `written` bytes are out.
     to_host: Vec<u8>,
+    written: usize,
+    /// Reused for reads from the port.
+    read_buf: Vec<u8>,
     stdin: Option<OwnedFd>,
+    /// Bytes for the main container's stdin; the first `stdin_pos` are out.
     stdin_buf: Vec<u8>,
+    stdin_pos: usize,
     stdin_eof: bool,
     stdout: Option<OwnedFd>,
     stderr: Option<OwnedFd>,
@@ -379,6 +387,8 @@ struct Relay {
 
 /// Stop reading output when this much waits for the host.
 const HIGH_WATER: usize = 1 << 20;
+/// The most one read(2) takes from a pipe or the port.
+const READ_CHUNK: usize = 256 << 10;
 
 impl Relay {
     fn outputs_closed(&self) -> bool {
@@ -387,7 +397,14 @@ impl Relay {
 
     fn frame(&mut self, f: Frame) {
         match f {
-            Frame::Stdin(data) => self.stdin_buf.extend_from_slice(&data),
+            Frame::Stdin(data) => {
+                // Moved rarely: when all is out, or once much of it is.
+                if self.stdin_pos == self.stdin_buf.len() || self.stdin_pos > HIGH_WATER {
+                    self.stdin_buf.drain(..self.stdin_pos);
+                    self.stdin_pos = 0;
+                }
+                self.stdin_buf.extend_from_slice(&data)
+            }
             Frame::StdinEof => self.stdin_eof = true,
             Frame::Signal(n) => {
                 if let Ok(sig) = Signal::try_from(n) {
@@ -400,43 +417,58 @@ impl Relay {
     }
 
     fn close_stdin_if_done(&mut self) {
-        if self.stdin_eof && self.stdin_buf.is_empty() {
+        if self.stdin_eof && self.stdin_left() == 0 {
             self.stdin = None;
         }
     }
 
     fn pump_output(&mut self, stdout: bool) {
-        let mut buf = vec![0u8; 64 << 10];
         let slot = if stdout { &mut self.stdout } else { &mut self.stderr };
         let Some(fd) = slot else { return };
-        match nix::unistd::read(fd.as_raw_fd(), &mut buf) {
+        match super::proto::read_data_frame(&mut self.to_host, stdout, fd.as_fd(), READ_CHUNK) {
             Ok(0) => *slot = None,
-            Ok(n) => {
-                let data = buf[..n].to_vec();
-                let f = if stdout { Frame::Stdout(data) } else { Frame::Stderr(data) };
-                f.encode(&mut self.to_host);
-            }
-            Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) => {}
             Err(_) => *slot = None,
         }
     }
 
+    fn stdin_left(&self) -> usize {
+        self.stdin_buf.len() - self.stdin_pos
+    }
+
+    /// Unwritten bytes of `to_host`.
+    fn pending(&self) -> usize {
+        self.to_host.len() - self.written
+    }
+
     fn write_port(&mut self) {
-        while !self.to_host.is_empty() {
-            match (&self.port).write(&self.to_host) {
+        while self.pending() > 0 {
+            match (&self.port).write(&self.to_host[self.written..]) {
                 Ok(0) => break,
-                Ok(n) => {
-                    self.to_host.drain(..n);
-                }
+                Ok(n) => self.written += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }
         }
+        // Moved only when all is out, or once much of it is: not at every
+        // partial write.
+        if self.pending() == 0 || self.written > HIGH_WATER {
+            self.to_host.drain(..self.written);
+            self.written = 0;
+        }
     }
 
     fn read_port(&mut self) {
-        let mut buf = vec![0u8; 64 << 10];
-        match (&self.port).read(&mut buf) {
+        let mut buf = std::mem::take(&mut self.read_buf);
+        buf.resize(READ_CHUNK, 0);
+        let got = (&self.port).read(&mut buf);
+        self.read_port_got(got, &buf);
+        self.read_buf = buf;
+    }
+
+    fn read_port_got(&mut self, got: io::Result<usize>, buf: &[u8]) {
+        match got {
             // virtio-serial: EOF while the host end is not connected.
             Ok(0) => self.host_gone = true,
             Ok(n) => {
@@ -462,19 +494,19 @@ impl Relay {
 
     fn write_stdin(&mut self) {
         if let Some(fd) = &self.stdin {
-            match nix::unistd::write(fd, &self.stdin_buf) {
-                Ok(n) => {
-                    self.stdin_buf.drain(..n);
-                }
+            match nix::unistd::write(fd, &self.stdin_buf[self.stdin_pos..]) {
+                Ok(n) => self.stdin_pos += n,
                 Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => {}
                 // The main container closed its stdin: drop what is left.
                 Err(_) => {
                     self.stdin_buf.clear();
+                    self.stdin_pos = 0;
                     self.stdin = None;
                 }
             }
         } else {
             self.stdin_buf.clear();
+            self.stdin_pos = 0;
         }
         self.close_stdin_if_done();
     }
@@ -484,7 +516,8 @@ impl Relay {
         let mut port = self.port.try_clone().expect("dup of the port");
         let pending = std::mem::take(&mut self.to_host);
         let _ = set_nonblocking(port.as_fd(), false);
-        let _ = port.write_all(&pending);
+        let _ = port.write_all(&pending[self.written..]);
+        self.written = 0;
         port
     }
 }
@@ -499,20 +532,20 @@ impl EventSource for Shared {
         let mut v = Vec::new();
         let raw = |fd: &OwnedFd| fd.as_raw_fd();
         let mut port = PollFlags::empty();
-        if r.stdin_buf.len() < HIGH_WATER && !r.host_gone {
+        if r.stdin_left() < HIGH_WATER && !r.host_gone {
             port |= PollFlags::POLLIN;
         }
-        if !r.to_host.is_empty() {
+        if r.pending() > 0 {
             port |= PollFlags::POLLOUT;
         }
         let mut fds: Vec<(RawFd, PollFlags)> = vec![(r.port.as_raw_fd(), port)];
-        if r.to_host.len() < HIGH_WATER {
+        if r.pending() < HIGH_WATER {
             for fd in [&r.stdout, &r.stderr].into_iter().flatten() {
                 fds.push((raw(fd), PollFlags::POLLIN));
             }
         }
         if let Some(fd) = &r.stdin {
-            if !r.stdin_buf.is_empty() {
+            if r.stdin_left() > 0 {
                 fds.push((raw(fd), PollFlags::POLLOUT));
             }
         }

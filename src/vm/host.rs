@@ -190,6 +190,9 @@ fn run_vm(cfg: &VmConfig, vm_dir: &Path, start_frame: Vec<u8>, timeout: Duration
     let booted = Instant::now();
     let mut child = qemu::spawn(cfg, &theirs, &stderr_log)?;
     drop(theirs);
+    if let Some(t) = since_exec() {
+        tracing::debug!("QEMU started {} ms after berth", t.as_millis());
+    }
     let mut vm = Vm { child: &mut child, console: cfg.console_log.clone(), stderr_log };
     let result = relay(&mut vm, &signals, ours, start_frame, timeout, booted, cfg.accel);
     vm.stop();
@@ -299,6 +302,16 @@ fn relay(vm: &mut Vm<'_>, signals: &Signals, sock: OwnedFd, start_frame: Vec<u8>
             return Err(VmError::Stopped { status: "the control port closed".into() });
         }
     }
+}
+
+/// How long ago this process was exec'd (for the boot breakdown).
+fn since_exec() -> Option<Duration> {
+    let ticks = crate::runtime::state::process_start_time(nix::unistd::getpid())?;
+    // SAFETY: sysconf has no memory effects.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
+    let started = ticks as f64 / hz.max(1) as f64;
+    Some(Duration::from_secs_f64((uptime - started).max(0.0)))
 }
 
 fn describe(status: std::process::ExitStatus) -> String {

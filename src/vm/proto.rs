@@ -84,6 +84,32 @@ impl Frame {
     }
 }
 
+/// Reads at most `max` bytes from `fd` straight into a new data frame at
+/// the end of `out` (stdout when `stdout`, else stderr): no buffer to zero
+/// and no copy, which counts in a guest under software emulation. Returns
+/// what `read(2)` returned; on 0 or an error `out` is unchanged.
+pub fn read_data_frame(out: &mut Vec<u8>, stdout: bool, fd: std::os::fd::BorrowedFd<'_>, max: usize) -> std::io::Result<usize> {
+    use std::os::fd::AsRawFd as _;
+    let max = max.min(MAX_PAYLOAD);
+    let start = out.len();
+    out.reserve(HEADER + max);
+    out.push(if stdout { 6 } else { 7 });
+    out.extend_from_slice(&[0; 4]);
+    let spare = out.spare_capacity_mut();
+    // SAFETY: `spare` has room for `max` bytes (reserved above); read(2)
+    // writes at most that many into it.
+    let n = unsafe { libc::read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), max) };
+    if n <= 0 {
+        out.truncate(start);
+        return if n == 0 { Ok(0) } else { Err(std::io::Error::last_os_error()) };
+    }
+    let n = n as usize;
+    // SAFETY: read(2) initialized the first `n` bytes of the spare capacity.
+    unsafe { out.set_len(start + HEADER + n) };
+    out[start + 1..start + HEADER].copy_from_slice(&(n as u32).to_le_bytes());
+    Ok(n)
+}
+
 /// Splits data into payload-sized pieces.
 pub fn chunks(data: &[u8]) -> impl Iterator<Item = &[u8]> {
     data.chunks(MAX_PAYLOAD)
@@ -227,6 +253,22 @@ mod tests {
             assert!(matches!(d.next_frame().unwrap(), Some(Frame::Stdout(v)) if v.len() == 4096));
         }
         assert!(d.buf.len() < 2 * MAX_PAYLOAD + chunk.len());
+    }
+
+    #[test]
+    fn data_frames_read_in_place() {
+        let (r, w) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&w, b"abc\0def").unwrap();
+        let mut out = Frame::Exit(3).to_bytes();
+        use std::os::fd::AsFd as _;
+        assert_eq!(read_data_frame(&mut out, false, r.as_fd(), 1 << 16).unwrap(), 7);
+        drop(w);
+        assert_eq!(read_data_frame(&mut out, true, r.as_fd(), 1 << 16).unwrap(), 0);
+        let mut d = Decoder::new();
+        d.push(&out);
+        assert_eq!(d.next_frame().unwrap(), Some(Frame::Exit(3)));
+        assert_eq!(d.next_frame().unwrap(), Some(Frame::Stderr(b"abc\0def".to_vec())));
+        assert_eq!(d.next_frame().unwrap(), None);
     }
 
     #[test]
