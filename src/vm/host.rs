@@ -15,6 +15,7 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 
 use super::plan::{disk_serial, GuestStart};
 use super::proto::{Decoder, Frame, VERSION};
+use super::jail::Jail;
 use super::qemu::{self, Accel, Disk, VmConfig};
 use crate::paths::Paths;
 use crate::runtime::event_loop::{EventLoop, EventSource};
@@ -94,13 +95,15 @@ pub enum VmError {
     Proto(#[from] super::proto::ProtoError),
     #[error("interrupted by {0} while the VM was starting")]
     Interrupted(Signal),
+    #[error("the VM did not end within {secs} s of {sig}: killed")]
+    NotStopped { sig: Signal, secs: u64 },
 }
 
 impl VmError {
     /// berth's exit status for this failure.
     pub fn exit_code(&self) -> u8 {
         match self {
-            VmError::Interrupted(sig) => 128u8.wrapping_add(*sig as i32 as u8),
+            VmError::Interrupted(sig) | VmError::NotStopped { sig, .. } => 128u8.wrapping_add(*sig as i32 as u8),
             _ => crate::exit::PROVISION,
         }
     }
@@ -146,21 +149,59 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) ->
         disks,
         network: network.then(|| plan.ports.clone()),
         virtiofs: virtiofsd.as_ref().map(|v| v.socket().to_path_buf()),
+        name: plan.name.clone(),
     };
+    let (cfg, jail) = confine(cfg, &vm_dir)?;
     tracing::debug!("QEMU: {} {:?}", cfg.binary.display(), cfg.args(0));
     let start_frame = serde_json::to_vec(&start).map_err(|e| io_err("encoding the start frame")(e.into()))?;
     let timeout = s.boot_timeout.unwrap_or_else(|| default_boot_timeout(accel));
-    let result = run_vm(&cfg, &vm_dir, start_frame, timeout);
+    // After a forwarded SIGTERM the guest tears the pod down within the
+    // grace period; a guest that does not is killed a little after.
+    let stop_limit = plan.grace + Duration::from_secs(10);
+    let result = run_vm(&cfg, jail, &vm_dir, start_frame, timeout, stop_limit);
     drop(virtiofsd);
     match result {
         // As in container mode: an interrupted start reports and ends with
         // the signal's status, not 125.
-        Err(e @ VmError::Interrupted(_)) => {
+        Err(e @ (VmError::Interrupted(_) | VmError::NotStopped { .. })) => {
             crate::exit::report(&e);
             Ok(e.exit_code())
         }
         other => other,
     }
+}
+
+/// QEMU's view of the host (see [`super::jail`]): `cfg` with its paths as
+/// QEMU sees them there, and the jail that shows them.
+fn confine(cfg: VmConfig, vm_dir: &Path) -> Result<(VmConfig, Jail), VmError> {
+    let root = vm_dir.join("root");
+    std::fs::create_dir(&root).map_err(io_err("creating QEMU's root"))?;
+    std::fs::File::create(&cfg.console_log).map_err(io_err("creating the console log"))?;
+    let jail_err = |e: super::jail::NulInPath| io_err("QEMU's root")(io::Error::new(io::ErrorKind::InvalidInput, e));
+    let mut jail = Jail::new(&root, cfg.network.is_none()).map_err(jail_err)?;
+    jail.system().map_err(jail_err)?;
+    let mut inner = cfg.clone();
+    let vm = Path::new("/vm");
+    let mut bind = |host: &Path, inside: PathBuf, writable: bool| -> Result<PathBuf, VmError> {
+        jail.bind(host, &inside, writable).map_err(jail_err)?;
+        Ok(inside)
+    };
+    if !cfg.binary.starts_with("/usr/") {
+        inner.binary = bind(&cfg.binary, vm.join("qemu"), false)?;
+    }
+    inner.kernel = bind(&cfg.kernel, vm.join("vmlinuz"), false)?;
+    inner.initrd = bind(&cfg.initrd, vm.join("initrd"), false)?;
+    inner.console_log = bind(&cfg.console_log, vm.join("console.log"), true)?;
+    for (k, d) in inner.disks.iter_mut().enumerate() {
+        d.path = bind(&d.path, vm.join(format!("disk{k}")), false)?;
+    }
+    if let Some(sock) = &cfg.virtiofs {
+        inner.virtiofs = Some(bind(sock, vm.join("fs.sock"), true)?);
+    }
+    if cfg.accel == Accel::Kvm {
+        bind(Path::new("/dev/kvm"), PathBuf::from("/dev/kvm"), true)?;
+    }
+    Ok((inner, jail))
 }
 
 /// 1 vCPU per started 1000 millicores the pod may use, else 2 (at most the
@@ -180,7 +221,7 @@ fn default_memory_mib(plan: &PodPlan) -> u64 {
     mib.max(512)
 }
 
-fn run_vm(cfg: &VmConfig, vm_dir: &Path, start_frame: Vec<u8>, timeout: Duration) -> Result<u8, VmError> {
+fn run_vm(cfg: &VmConfig, jail: Jail, vm_dir: &Path, start_frame: Vec<u8>, timeout: Duration, stop_limit: Duration) -> Result<u8, VmError> {
     let signals = Signals::install().map_err(|e| io_err("signals")(e.into()))?;
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
         .map_err(|e| io_err("the control socket")(e.into()))?;
@@ -188,13 +229,13 @@ fn run_vm(cfg: &VmConfig, vm_dir: &Path, start_frame: Vec<u8>, timeout: Duration
     set_nonblocking(theirs.as_fd(), false).map_err(io_err("the control socket"))?;
     let stderr_log = vm_dir.join("qemu.log");
     let booted = Instant::now();
-    let mut child = qemu::spawn(cfg, &theirs, &stderr_log)?;
+    let mut child = qemu::spawn(cfg, &theirs, &stderr_log, std::sync::Arc::new(jail))?;
     drop(theirs);
     if let Some(t) = since_exec() {
         tracing::debug!("QEMU started {} ms after berth", t.as_millis());
     }
-    let mut vm = Vm { child: &mut child, console: cfg.console_log.clone(), stderr_log };
-    let result = relay(&mut vm, &signals, ours, start_frame, timeout, booted, cfg.accel);
+    let mut vm = Vm { child: &mut child, console: vm_dir.join("console.log"), stderr_log };
+    let result = relay(&mut vm, &signals, ours, start_frame, (timeout, stop_limit), booted, cfg.accel);
     vm.stop();
     result
 }
@@ -250,14 +291,28 @@ impl Vm<'_> {
     }
 }
 
-fn relay(vm: &mut Vm<'_>, signals: &Signals, sock: OwnedFd, start_frame: Vec<u8>, timeout: Duration, booted: Instant, accel: Accel) -> Result<u8, VmError> {
+fn relay(
+    vm: &mut Vm<'_>,
+    signals: &Signals,
+    sock: OwnedFd,
+    start_frame: Vec<u8>,
+    (timeout, stop_limit): (Duration, Duration),
+    booted: Instant,
+    accel: Accel,
+) -> Result<u8, VmError> {
     let relay = std::rc::Rc::new(std::cell::RefCell::new(HostRelay::new(sock, start_frame, booted)));
     let mut events = EventLoop::new();
     events.add(Box::new(SharedHost(relay.clone())));
     let deadline = booted + timeout;
+    // The first forwarded signal, and when the guest must have ended by.
+    let mut stopping: Option<(Signal, Instant)> = None;
     loop {
         let waiting = relay.borrow().hello.is_none();
-        let wait = if waiting { Some(deadline.saturating_duration_since(Instant::now())) } else { None };
+        let wait = match (waiting, stopping) {
+            (true, _) => Some(deadline.saturating_duration_since(Instant::now())),
+            (false, Some((_, by))) => Some(by.saturating_duration_since(Instant::now())),
+            (false, None) => None,
+        };
         let sigs = events.turn(Some(signals), wait).map_err(|e| io_err("waiting for the VM")(e.into()))?;
         let r = relay.borrow();
         if r.error.is_some() {
@@ -280,6 +335,17 @@ fn relay(vm: &mut Vm<'_>, signals: &Signals, sock: OwnedFd, start_frame: Vec<u8>
         let closed = r.closed;
         let hello = r.hello.is_some();
         drop(r);
+        if hello {
+            if let (None, Some(sig)) = (stopping, sigs.iter().find(|s| FORWARDED.contains(s))) {
+                stopping = Some((*sig, Instant::now() + stop_limit));
+            }
+            if let Some((sig, by)) = stopping {
+                if Instant::now() >= by && vm.exited().is_none() {
+                    vm.kill();
+                    return Err(VmError::NotStopped { sig, secs: stop_limit.as_secs() });
+                }
+            }
+        }
         if let Some(status) = vm.exited().or_else(|| if closed { std::thread::sleep(Duration::from_millis(100)); vm.exited() } else { None }) {
             // The socket may still hold frames QEMU wrote before it ended.
             relay.borrow_mut().drain();

@@ -8,7 +8,7 @@
 //! - [`rootfs`]: each image flattened once into a read-only EROFS image,
 //!   cached by its layers, attached as a read-only disk;
 //! - [`virtiofs`]: the workspace shared through virtiofsd, rootless;
-//! - [`qemu`]: the VMM's command line and process;
+//! - [`qemu`]: the VMM's command line and process, confined by [`jail`];
 //! - [`proto`]: the framed protocol over one virtio-serial port that carries
 //!   the plan in and stdio, signals and the exit status;
 //! - [`host`]: berth's side while the VM runs; [`guest`]: berth as the
@@ -19,6 +19,7 @@ pub mod guest;
 mod guest_net;
 pub mod host;
 pub mod initramfs;
+pub mod jail;
 pub mod kernel;
 pub mod plan;
 pub mod proto;

@@ -100,6 +100,8 @@ pub struct VmConfig {
     pub network: Option<Vec<PortMapping>>,
     /// virtiofsd's socket for the workspace share.
     pub virtiofs: Option<PathBuf>,
+    /// The VM's name in `ps` (`-name`): the pod's.
+    pub name: String,
 }
 
 impl VmConfig {
@@ -129,6 +131,8 @@ impl VmConfig {
         let mem = format!("{}M", self.memory_mib);
         let smp = self.cpus.to_string();
         push(&["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+        let name = format!("berth-{}", self.name.replace(',', ",,"));
+        push(&["-name", &name]);
         push(&["-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]);
         push(&["-accel", accel, "-cpu", cpu, "-smp", &smp, "-m", &mem]);
         push(&["-M", "microvm"]);
@@ -180,7 +184,7 @@ pub enum QemuError {
 /// Starts QEMU with `control` as its end of the control socket. Its stderr
 /// goes to `stderr_log`. Call from the thread that outlives it (the main
 /// thread): the parent-death signal is tied to the thread that forks.
-pub fn spawn(cfg: &VmConfig, control: &OwnedFd, stderr_log: &Path) -> Result<Child, QemuError> {
+pub fn spawn(cfg: &VmConfig, control: &OwnedFd, stderr_log: &Path, jail: std::sync::Arc<super::jail::Jail>) -> Result<Child, QemuError> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -212,6 +216,11 @@ pub fn spawn(cfg: &VmConfig, control: &OwnedFd, stderr_log: &Path) -> Result<Chi
             if flags < 0 || libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            jail.enter()?;
+            // Once more, in case the new credentials cleared it.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             Ok(())
         });
     }
@@ -234,6 +243,7 @@ mod tests {
             disks: vec![Disk { path: "/img,0".into(), serial: "berth-img0".into() }],
             network: None,
             virtiofs: None,
+            name: "p".into(),
         }
     }
 

@@ -58,10 +58,19 @@ impl Vm {
         (parent, ws)
     }
 
+    /// QEMU processes started for this test: QEMU's command line names
+    /// only paths inside its own root, but its environment is berth's.
+    fn qemus(&self) -> Vec<i32> {
+        let marker = format!("BERTH_ROOT={}", self.s.env.root.display());
+        processes_with("qemu-system")
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|pid| std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|e| e.split(|&b| b == 0).any(|v| v == marker.as_bytes())))
+            .collect()
+    }
+
     fn no_qemu_left(&self) {
-        let root = self.s.env.run_root.to_string_lossy().into_owned();
-        let left = || processes_with(&root).into_iter().filter(|(_, c)| c.contains("qemu-system")).count();
-        assert!(wait_until(Duration::from_secs(10), || left() == 0), "QEMU outlived berth: {:?}", processes_with(&root));
+        assert!(wait_until(Duration::from_secs(10), || self.qemus().is_empty()), "QEMU outlived berth: {:?}", self.qemus());
     }
 }
 
@@ -204,8 +213,7 @@ fn vm_mode_killing_berth_kills_qemu() {
     let mut line = [0u8; 3];
     child.stdout.take().unwrap().read_exact(&mut line).unwrap();
     assert_eq!(&line, b"up\n");
-    let root = vm.s.env.run_root.to_string_lossy().into_owned();
-    assert!(processes_with(&root).iter().any(|(_, c)| c.contains("qemu-system")), "no QEMU running for the pod");
+    assert_eq!(vm.qemus().len(), 1, "no QEMU running for the pod");
     // SAFETY: a plain kill(2) of a pid we found.
     assert_eq!(unsafe { libc::kill(berth, libc::SIGKILL) }, 0);
     let _ = child.wait();
@@ -269,4 +277,27 @@ fn vm_mode_outbound_network_reaches_the_hosts_loopback() {
     // The default network is outbound: QEMU's user-mode stack, no bridge.
     let r = vm.run(&[], &["wget", "-q", "-O-", &url]);
     assert_eq!((r.code, r.stdout.as_str()), (0, "from the host\n"), "{r:?}");
+}
+
+#[test]
+fn vm_mode_sigterm_reaches_the_main_container() {
+    let Some(vm) = setup() else { return };
+    let script = "trap 'echo stopping; exit 3' TERM; echo up; while :; do sleep 0.1; done";
+    let a = vm.run_args(&["--network", "none"], &["sh", "-c", script]);
+    let mut child = vm.s.env.berth_as_user(&a.iter().map(String::as_str).collect::<Vec<_>>()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let berth = berth_pid(&child);
+    let mut out = child.stdout.take().unwrap();
+    let mut line = [0u8; 3];
+    out.read_exact(&mut line).unwrap();
+    assert_eq!(&line, b"up\n");
+    let sent = Instant::now();
+    // SAFETY: a plain kill(2) of a pid we found.
+    assert_eq!(unsafe { libc::kill(berth, libc::SIGTERM) }, 0);
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(rest, "stopping\n");
+    assert_eq!(status.code(), Some(3), "the main container's own status");
+    assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
+    vm.no_qemu_left();
 }
