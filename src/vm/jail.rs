@@ -134,8 +134,8 @@ impl Jail {
         if self.new_net {
             flags |= libc::CLONE_NEWNET;
         }
-        // SAFETY (whole block): plain system calls on NUL-terminated strings
-        // and buffers owned by `self`, alive until exec.
+        // SAFETY: plain system calls on NUL-terminated strings and buffers
+        // owned by `self`, alive until exec.
         unsafe {
             check(libc::unshare(flags))?;
             write_file(c"/proc/self/setgroups", b"deny")?;

@@ -101,6 +101,7 @@ spec:
     image: {image}
     command: ["httpd", "-f", "-p", "8080", "-h", "/workspace"]
     readinessProbe:
+      periodSeconds: 1
       tcpSocket:
         port: 8080
 "#,
