@@ -640,6 +640,7 @@ fn volume_mounts<'c>(c: &'c Container, workspace_path: &'c str) -> impl Iterator
 #[derive(Debug, Clone)]
 pub struct PlanDescription {
     pub name: String,
+    pub isolation: pod::Isolation,
     pub network: pod::Network,
     pub workspace: String,
     pub grace: Duration,
@@ -702,6 +703,7 @@ pub fn describe(pod: &Pod, s: &RunSettings, warnings: Vec<pod::Warning>) -> Plan
         .collect();
     PlanDescription {
         name: pod.name.clone(),
+        isolation: s.isolation_of(pod),
         network: pod.network,
         workspace: s.workspace_path.clone(),
         grace: s.grace.or(pod.grace_seconds.map(Duration::from_secs)).unwrap_or(DEFAULT_GRACE),

@@ -51,6 +51,7 @@ pub fn print_plan(file: &Path, o: &PodOverrides, s: &RunSettings) -> anyhow::Res
 fn render(d: &PlanDescription) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "pod {}: valid", d.name);
+    let _ = writeln!(out, "isolation: {}", d.isolation);
     let _ = writeln!(out, "network: {}", d.network);
     let _ = writeln!(out, "workspace: {} (every container)", d.workspace);
     let _ = writeln!(out, "grace: {}s", d.grace.as_secs());

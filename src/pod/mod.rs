@@ -284,6 +284,15 @@ impl FromStr for Network {
     }
 }
 
+impl fmt::Display for Isolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Isolation::Container => "container",
+            Isolation::Vm => "vm (the pod in a QEMU microVM)",
+        })
+    }
+}
+
 impl fmt::Display for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

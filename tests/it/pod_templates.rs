@@ -269,6 +269,7 @@ fn check_prints_the_plan_without_pulling() {
     assert!(run.stderr.is_empty(), "{}", run.stderr);
     let want = "\
 pod ci-1: valid
+isolation: container
 network: outbound
 workspace: /workspace (every container)
 grace: 5s

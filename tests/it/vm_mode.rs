@@ -110,6 +110,9 @@ spec:
     let file = vm.s.env.path().join("vmpod.yaml");
     std::fs::write(&file, pod).unwrap();
     chown_to_test_user(&file);
+    // `berth check` says so before anything runs.
+    let check = vm.s.env.run_as_user(&["check", file.to_str().unwrap()]).ok();
+    assert!(check.stdout.contains("\nisolation: vm "), "{check:?}");
     let k: Vec<&str> = vm.args[4..].iter().map(String::as_str).collect();
     let mut a = vec!["run", "--accel", "tcg", "--workspace", ws.to_str().unwrap(), "--pod", file.to_str().unwrap()];
     a.extend(k);
@@ -259,6 +262,12 @@ fn vm_mode_refuses_host_paths_before_booting() {
     let line = vm.s.env.run_as_user(&a).provision_failure();
     assert!(line.contains("outside the pod") && line.contains(&dir.display().to_string()), "{line}");
     assert!(started.elapsed() < Duration::from_secs(10));
+    // An isolation berth does not know is the pod file's error, with its place.
+    let bad = vm.s.env.path().join("bad.yaml");
+    std::fs::write(&bad, format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: b\n  annotations:\n    berth.dev/isolation: kvm\nspec:\n  containers:\n  - name: m\n    image: {}\n", vm.s.image)).unwrap();
+    chown_to_test_user(&bad);
+    let line = vm.s.env.run_as_user(&["check", bad.to_str().unwrap()]).provision_failure();
+    assert!(line.contains("berth.dev/isolation: \"kvm\" is not an isolation (container, vm)"), "{line}");
 }
 
 #[test]
