@@ -191,6 +191,17 @@ impl PodDir {
     pub fn read_plan(&self) -> Result<super::PodPlan, StateError> {
         read_json(&self.plan_path())
     }
+    /// Where a VM pod keeps its host-side files (QEMU's root, console,
+    /// sockets).
+    pub fn vm_dir(&self) -> PathBuf {
+        self.dir.join("vm")
+    }
+
+    /// The pod runs in a VM: its containers are not on this host.
+    pub fn is_vm(&self) -> bool {
+        self.vm_dir().is_dir()
+    }
+
     pub fn write_owner(&self, o: &Owner) -> Result<(), StateError> {
         write_json(&self.dir.join("owner.json"), o)
     }

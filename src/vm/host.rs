@@ -129,7 +129,7 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) ->
         disks.push(Disk { path, serial: disk_serial(k) });
     }
     tracing::debug!("guest parts ready in {:?}", started.elapsed());
-    let vm_dir = dir.dir.join("vm");
+    let vm_dir = dir.vm_dir();
     std::fs::create_dir_all(&vm_dir).map_err(io_err("creating the VM's state directory"))?;
     let virtiofsd = if l.share_workspace {
         let opts = super::virtiofs::VirtiofsOptions { log: Some(vm_dir.join("virtiofsd.log")), ..Default::default() };
@@ -158,6 +158,17 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) ->
     // After a forwarded SIGTERM the guest tears the pod down within the
     // grace period; a guest that does not is killed a little after.
     let stop_limit = plan.grace + Duration::from_secs(10);
+    // Other berth commands see the pod live while berth runs, and `berth
+    // stop` signals berth itself, which forwards to the guest.
+    let me = nix::unistd::Pid::this();
+    let owner = crate::runtime::state::Owner {
+        pid: me.as_raw(),
+        start_time: crate::runtime::state::process_start_time(me).unwrap_or(0),
+        pod_pid: me.as_raw(),
+        created: crate::runtime::state::now_unix(),
+    };
+    dir.write_plan(plan).map_err(|e| io_err("recording the pod's plan")(io::Error::other(e)))?;
+    dir.write_owner(&owner).map_err(|e| io_err("recording the pod's owner")(io::Error::other(e)))?;
     let result = run_vm(&cfg, jail, &vm_dir, start_frame, timeout, stop_limit);
     drop(virtiofsd);
     match result {

@@ -85,10 +85,11 @@ done
 # (the one mapping of exactly the guest's size).
 : >"$work/mem"
 for i in $(seq "$N"); do
-  as_user "$B" "${V[@]}" --vm-memory 512Mi "$img" -- sh -c 'echo up; sleep 3' >"$work/out" 2>/dev/null &
+  as_user "$B" "${V[@]}" --vm-memory 512Mi --name benchmem "$img" -- sh -c 'echo up; sleep 3' >"$work/out" 2>/dev/null &
   bpid=$!
   for _ in $(seq 600); do grep -q up "$work/out" 2>/dev/null && break; sleep 0.05; done
-  q=$(pgrep -f "qemu-system-x86_64 .*$work/home" | head -1)
+  q=$(pgrep -f "qemu-system-x86_64 .*-name berth-benchmem" | head -1)
+  [ -n "$q" ] || { log "no QEMU found for the memory sample"; exit 1; }
   # QEMU keeps the -initrd file mapped (clean page cache, shared): counted
   # in the overhead, and shown apart.
   awk -v guest=$((512 * 1024)) '

@@ -293,13 +293,18 @@ fn vm_mode_outbound_network_reaches_the_hosts_loopback() {
 fn vm_mode_sigterm_reaches_the_main_container() {
     let Some(vm) = setup() else { return };
     let script = "trap 'echo stopping; exit 3' TERM; echo up; while :; do sleep 0.1; done";
-    let a = vm.run_args(&["--network", "none"], &["sh", "-c", script]);
+    let a = vm.run_args(&["--network", "none", "--name", "vmterm"], &["sh", "-c", script]);
     let mut child = vm.s.env.berth_as_user(&a.iter().map(String::as_str).collect::<Vec<_>>()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let berth = berth_pid(&child);
     let mut out = child.stdout.take().unwrap();
     let mut line = [0u8; 3];
     out.read_exact(&mut line).unwrap();
     assert_eq!(&line, b"up\n");
+    // Other commands see the pod; exec does not reach into a VM.
+    let ps = vm.s.env.run_as_user(&["ps"]).ok();
+    assert!(ps.stdout.contains("vmterm"), "{ps:?}");
+    let line = vm.s.env.run_as_user(&["exec", "vmterm", "vmbox", "--", "true"]).provision_failure();
+    assert!(line.contains("runs in a VM"), "{line}");
     let sent = Instant::now();
     // SAFETY: a plain kill(2) of a pid we found.
     assert_eq!(unsafe { libc::kill(berth, libc::SIGTERM) }, 0);

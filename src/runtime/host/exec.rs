@@ -25,6 +25,8 @@ use super::launch::{wait_forwarding, LaunchError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecError {
+    #[error("pod {0} runs in a VM (--isolation vm): berth exec does not reach into it")]
+    InVm(String),
     #[error("pod {0} is not running")]
     NotRunning(String),
     #[error(transparent)]
@@ -53,6 +55,9 @@ pub fn exec(dir: &PodDir, name: &str, cmd: Vec<String>, tty: bool) -> Result<u8,
     }
     if !dir.is_live() {
         return Err(ExecError::NotRunning(pod));
+    }
+    if dir.is_vm() {
+        return Err(ExecError::InVm(pod));
     }
     let plan = dir.read_plan()?;
     if !plan.containers.iter().any(|c| c.name == name) {
