@@ -289,7 +289,7 @@ impl Vm<'_> {
         if tail.is_empty() {
             crate::exit::say("berth: the VM's console is empty");
         } else {
-            crate::exit::say(&format!("berth: the VM's console ({}), last lines:", self.console.display()));
+            crate::exit::say("berth: the VM's console, last lines:");
             for l in tail {
                 crate::exit::say(&format!("  | {l}"));
             }
