@@ -85,8 +85,8 @@ pub enum VmError {
     Io { what: &'static str, source: io::Error },
     #[error("the VM did not reach berth's init within {secs} s ({accel}){hint}")]
     BootTimeout { secs: u64, accel: &'static str, hint: &'static str },
-    #[error("QEMU exited ({status}) before the guest started{detail}")]
-    QemuExited { status: String, detail: String },
+    #[error("QEMU exited ({status}) before the guest started{detail}{hint}")]
+    QemuExited { status: String, detail: String, hint: &'static str },
     #[error("the VM stopped before the pod ended ({status})")]
     Stopped { status: String },
     #[error("the guest speaks protocol version {0}, this berth {VERSION}")]
@@ -281,13 +281,15 @@ impl Vm<'_> {
     }
 
     /// The console's last lines, for a failure's report.
-    fn show_console(&self) {
+    fn show_console(&self, say_if_empty: bool) {
         let text = std::fs::read(&self.console).unwrap_or_default();
         let text = String::from_utf8_lossy(&text[text.len().saturating_sub(4096)..]).into_owned();
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
         let tail = &lines[lines.len().saturating_sub(12)..];
         if tail.is_empty() {
-            crate::exit::say("berth: the VM's console is empty");
+            if say_if_empty {
+                crate::exit::say("berth: the VM's console is empty");
+            }
         } else {
             crate::exit::say("berth: the VM's console, last lines:");
             for l in tail {
@@ -363,19 +365,20 @@ fn relay(
             if let Some(code) = relay.borrow().exit {
                 return Ok(code);
             }
-            vm.show_console();
+            vm.show_console(false);
             let status = describe(status);
-            return Err(if hello { VmError::Stopped { status } } else { VmError::QemuExited { status, detail: vm.stderr_tail() } });
+            let hint = if accel == Accel::Kvm { " (KVM here may not run this guest: try --accel tcg)" } else { "" };
+            return Err(if hello { VmError::Stopped { status } } else { VmError::QemuExited { status, detail: vm.stderr_tail(), hint } });
         }
         if !hello && Instant::now() >= deadline {
             vm.kill();
-            vm.show_console();
+            vm.show_console(true);
             let hint = if accel == Accel::Kvm { ": KVM here may not boot this guest, try --accel tcg" } else { "" };
             return Err(VmError::BootTimeout { secs: timeout.as_secs(), accel: accel.name(), hint });
         }
         if closed {
             vm.kill();
-            vm.show_console();
+            vm.show_console(false);
             return Err(VmError::Stopped { status: "the control port closed".into() });
         }
     }
