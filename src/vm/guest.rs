@@ -135,7 +135,7 @@ fn write_frames(port: &mut fs::File, frames: &[Frame]) -> io::Result<()> {
     for f in frames {
         f.encode(&mut bytes);
     }
-    set_nonblocking(port.as_fd(), false)?;
+    super::set_nonblocking(port.as_fd(), false)?;
     port.write_all(&bytes)?;
     port.flush()
 }
@@ -226,14 +226,6 @@ fn open_port() -> Result<fs::File, GuestError> {
     fs::OpenOptions::new().read(true).write(true).open(&dev).map_err(setup(format!("opening {}", dev.display())))
 }
 
-fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
-    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
-    Ok(())
-}
-
 /// Reads until the start frame; returns it, its raw bytes, and the decoder
 /// with whatever came after it.
 fn read_start(mut port: &fs::File) -> Result<(GuestStart, Vec<u8>, Decoder), GuestError> {
@@ -316,7 +308,7 @@ fn start_pod(start: &GuestStart, port: fs::File) -> Result<(Child, Rc<RefCell<Re
     let stdout: OwnedFd = child.stdout.take().expect("piped").into();
     let stderr: OwnedFd = child.stderr.take().expect("piped").into();
     for fd in [port.as_fd(), stdin.as_fd(), stdout.as_fd(), stderr.as_fd()] {
-        set_nonblocking(fd, true).map_err(setup("the relay's descriptors"))?;
+        super::set_nonblocking(fd, true).map_err(setup("the relay's descriptors"))?;
     }
     let relay = Relay {
         port,
@@ -515,7 +507,7 @@ impl Relay {
     fn flush_blocking(&mut self) -> fs::File {
         let mut port = self.port.try_clone().expect("dup of the port");
         let pending = std::mem::take(&mut self.to_host);
-        let _ = set_nonblocking(port.as_fd(), false);
+        let _ = super::set_nonblocking(port.as_fd(), false);
         let _ = port.write_all(&pending[self.written..]);
         self.written = 0;
         port

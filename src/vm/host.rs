@@ -237,7 +237,7 @@ fn run_vm(cfg: &VmConfig, jail: Jail, vm_dir: &Path, start_frame: Vec<u8>, timeo
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
         .map_err(|e| io_err("the control socket")(e.into()))?;
     // QEMU's end blocks: its chardev expects that.
-    set_nonblocking(theirs.as_fd(), false).map_err(io_err("the control socket"))?;
+    super::set_nonblocking(theirs.as_fd(), false).map_err(io_err("the control socket"))?;
     let stderr_log = vm_dir.join("qemu.log");
     let booted = Instant::now();
     let mut child = qemu::spawn(cfg, &theirs, &stderr_log, std::sync::Arc::new(jail))?;
@@ -401,14 +401,6 @@ fn describe(status: std::process::ExitStatus) -> String {
         (_, Some(s)) => format!("signal {s}"),
         _ => status.to_string(),
     }
-}
-
-fn set_nonblocking(fd: BorrowedFd<'_>, on: bool) -> io::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, OFlag};
-    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
-    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
-    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
-    Ok(())
 }
 
 /// Writes all of `data` to `fd` (berth's stdout or stderr), waiting while

@@ -26,3 +26,14 @@ pub mod proto;
 pub mod qemu;
 pub mod rootfs;
 pub mod virtiofs;
+
+/// Sets or clears `O_NONBLOCK` on `fd` (the control port and socket, the
+/// relay's pipes).
+fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> std::io::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
+    use std::os::fd::AsRawFd as _;
+    let flags = OFlag::from_bits_truncate(fcntl(fd.as_raw_fd(), FcntlArg::F_GETFL)?);
+    let flags = if on { flags | OFlag::O_NONBLOCK } else { flags - OFlag::O_NONBLOCK };
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFL(flags))?;
+    Ok(())
+}

@@ -62,9 +62,7 @@ fn prepare() -> (tempfile::TempDir, PathBuf) {
     let (uid, gid) = test_user_ids();
     let tmp = tempfile::Builder::new().prefix("berth-rootless").tempdir_in("/tmp").unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = tmp.path().join("test-bin");
-    fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    crate::common::test_bin_copy(tmp.path());
     let work = tmp.path().join("work");
     fs::create_dir(&work).unwrap();
     fs::write(work.join("l1"), gzip(&tar(&image()))).unwrap();

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::common::vm::Guest;
+use crate::common::vm::{values, Guest};
 use crate::common::*;
 
 /// The guest with a busybox image at `oci:/images/bb:v1`.
@@ -42,15 +42,6 @@ echo "R:status=$?"
     assert_eq!(v.get("status").map(String::as_str), Some("3"), "{}", r.output);
 }
 
-/// Lines `KEY=VALUE` the guest script printed.
-fn values(output: &str) -> std::collections::HashMap<String, String> {
-    output
-        .lines()
-        .filter_map(|l| l.strip_prefix("R:"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
 
 /// Limits in a cgroup delegated to the user, as `systemd-run --user --scope
 /// -p Delegate=yes` makes one: applied to each container, enforced, the pod

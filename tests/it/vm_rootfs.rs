@@ -19,6 +19,7 @@ use berth::paths::Paths;
 use berth::provision::{Fetch, Provision};
 use berth::vm::rootfs::flatten;
 
+use crate::common::vm::values;
 use crate::common::{self, berth_bin, test_name, wait_until, Comp, Image, Layer, LayoutEntry, TarBuilder, TEST_USER};
 use crate::hostile::{dir, file, hardlink, symlink, tar};
 
@@ -78,9 +79,7 @@ fn big_image() -> Image {
 fn prepare(img: &Image) -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::Builder::new().prefix("berth-vm-rootfs").tempdir_in("/tmp").unwrap();
     fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).unwrap();
-    let exe = tmp.path().join("test-bin");
-    fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
-    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    common::test_bin_copy(tmp.path());
     let work = tmp.path().join("work");
     fs::create_dir(&work).unwrap();
     common::write_oci_layout(&work.join("layout"), &[LayoutEntry::Image(img, "v1")]);
@@ -108,14 +107,6 @@ fn run_child(tmp: &Path, work: &Path, test: &str) -> (HashMap<String, String>, S
     assert!(out.status.success(), "child {test} failed:\n{text}");
     assert!(text.contains("1 passed"), "child {test} did not run:\n{text}");
     (values(&text), text)
-}
-
-fn values(text: &str) -> HashMap<String, String> {
-    text.lines()
-        .filter_map(|l| l.strip_prefix("R:"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
 }
 
 fn child_work() -> PathBuf {

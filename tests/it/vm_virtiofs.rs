@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use berth::userns::IdMapping;
 use berth::vm::virtiofs::{self, Virtiofsd, VirtiofsOptions};
 
-use crate::common::vm::{Guest, VIRTIOFS_MODULES};
+use crate::common::vm::{values, Guest, VIRTIOFS_MODULES};
 use crate::common::*;
 
 /// The helper's job: the shared directory and the socket, from the test.
@@ -189,15 +189,6 @@ impl Share {
     }
 }
 
-/// Lines `KEY=VALUE` the guest script printed after `R:`.
-fn values(output: &str) -> std::collections::HashMap<String, String> {
-    output
-        .lines()
-        .filter_map(|l| l.strip_prefix("R:"))
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
-        .collect()
-}
 
 const MOUNT: &str = "set +e\nmkdir -p /mnt/ws\nmount -t virtiofs workspace /mnt/ws && echo R:mounted=yes\n";
 

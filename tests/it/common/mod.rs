@@ -1238,3 +1238,13 @@ pub fn processes_with(needle: &str) -> Vec<(i32, String)> {
     }
     out
 }
+
+/// A copy of this test binary in `dir` (world-readable), which the test
+/// user can execute to run one test of it as itself.
+pub fn test_bin_copy(dir: &Path) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let exe = dir.join("test-bin");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
+}

@@ -345,3 +345,13 @@ pub fn test_kernel() -> Option<(PathBuf, PathBuf)> {
         None => panic!("no guest kernel under {} or no qemu-system-x86_64; tests/run provides both (or set BERTH_SKIP_VM_TESTS=1)", dir.display()),
     }
 }
+
+/// Lines `KEY=VALUE` the guest script printed after `R:`.
+pub fn values(output: &str) -> std::collections::HashMap<String, String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix("R:"))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
