@@ -209,7 +209,8 @@ fn confine(cfg: VmConfig, vm_dir: &Path) -> Result<(VmConfig, Jail), VmError> {
     if let Some(sock) = &cfg.virtiofs {
         inner.virtiofs = Some(bind(sock, vm.join("fs.sock"), true)?);
     }
-    if cfg.accel == Accel::Kvm {
+    // Where there is none, QEMU says so itself (and berth adds the hint).
+    if cfg.accel == Accel::Kvm && Path::new("/dev/kvm").exists() {
         bind(Path::new("/dev/kvm"), PathBuf::from("/dev/kvm"), true)?;
     }
     Ok((inner, jail))

@@ -316,3 +316,24 @@ fn vm_mode_sigterm_reaches_the_main_container() {
     assert!(sent.elapsed() < Duration::from_secs(10), "took {:?}", sent.elapsed());
     vm.no_qemu_left();
 }
+
+#[test]
+fn vm_mode_kvm_that_cannot_run_the_guest_says_to_use_tcg() {
+    let Some(vm) = setup() else { return };
+    // The test user has no kvm group here (or the host no usable KVM): QEMU
+    // fails at once, or the guest never comes up.
+    let mut a: Vec<String> = vec!["run".into()];
+    a.extend(vm.args.iter().cloned());
+    let at = a.iter().position(|x| x == "tcg").unwrap();
+    a[at] = "kvm".into();
+    a.extend(["--boot-timeout", "10s", "--network", "none", &vm.s.image, "--", "true"].map(String::from));
+    let r = vm.s.env.run_as_user(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    if r.code == 0 {
+        eprintln!("KVM works for the test user here: nothing to check");
+        return;
+    }
+    assert_eq!((r.code, r.stdout.as_str()), (125, ""), "{r:?}");
+    let last = r.stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("berth: ") && last.contains("--accel tcg"), "{r:?}");
+    vm.no_qemu_left();
+}
