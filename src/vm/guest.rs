@@ -124,8 +124,7 @@ fn boot(init_ms: u32) -> Result<u8, Failure> {
     }
     relay.borrow_mut().decoder = decoder;
     let code = relay_until_exit(&signals, &mut child, relay.clone());
-    let mut out = relay.borrow_mut().flush_blocking();
-    let _ = write_frames(&mut out, &[Frame::Exit(code)]);
+    relay.borrow_mut().finish(Frame::Exit(code));
     Ok(code)
 }
 
@@ -504,13 +503,14 @@ impl Relay {
     }
 
     /// The port, blocking, after the queued frames are written.
-    fn flush_blocking(&mut self) -> fs::File {
-        let mut port = self.port.try_clone().expect("dup of the port");
-        let pending = std::mem::take(&mut self.to_host);
-        let _ = super::set_nonblocking(port.as_fd(), false);
-        let _ = port.write_all(&pending[self.written..]);
+    /// Writes what is queued, then `last`, with the port blocking: the
+    /// exit status goes after every byte of output.
+    fn finish(&mut self, last: Frame) {
+        let mut pending = std::mem::take(&mut self.to_host).split_off(self.written);
         self.written = 0;
-        port
+        last.encode(&mut pending);
+        let _ = super::set_nonblocking(self.port.as_fd(), false);
+        let _ = (&self.port).write_all(&pending);
     }
 }
 
@@ -518,8 +518,8 @@ struct Shared(Rc<RefCell<Relay>>);
 
 impl EventSource for Shared {
     fn interest(&self) -> Vec<(BorrowedFd<'_>, PollFlags)> {
-        // SAFETY-free borrow juggling: the fds live in the Rc'd relay, which
-        // this source keeps alive; the loop uses them only during the turn.
+        // The fds live in the shared relay (its RefCell borrow ends here);
+        // they are borrowed raw below for the one turn that polls them.
         let r = self.0.borrow();
         let mut v = Vec::new();
         let raw = |fd: &OwnedFd| fd.as_raw_fd();
