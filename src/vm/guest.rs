@@ -323,9 +323,20 @@ fn start_pod(start: &GuestStart, port: fs::File) -> Result<(Child, Rc<RefCell<Re
         stderr: Some(stderr),
         child: Pid::from_raw(child.id() as i32),
         host_gone: false,
+        logs: log_files(start),
     };
     Ok((child, Rc::new(RefCell::new(relay))))
 }
+
+/// Where the pod process in the guest keeps each container's log (the
+/// main container's output is berth's stdout, not a log).
+fn log_files(start: &GuestStart) -> Vec<(String, PathBuf, u64)> {
+    let dir = crate::runtime::state::PodDir { dir: crate::runtime::state::PodDir::pods_root(Path::new(GUEST_RUN_ROOT)).join(&start.plan.name) };
+    start.plan.containers.iter().filter(|c| c.role != crate::runtime::plan::Role::Main).map(|c| (c.name.clone(), dir.log_path(&c.name), 0)).collect()
+}
+
+/// How often the containers' logs are looked at for news.
+const LOG_PERIOD: Duration = Duration::from_millis(200);
 
 /// Runs the loop until the pod's launcher has exited and its output is all
 /// queued for the host; returns its status.
@@ -335,7 +346,9 @@ fn relay_until_exit(signals: &Signals, child: &mut Child, relay: Rc<RefCell<Rela
     let pid = Pid::from_raw(child.id() as i32);
     let mut status = None;
     loop {
-        let _ = events.turn(Some(signals), if status.is_some() { Some(Duration::from_millis(50)) } else { None });
+        let wait = if status.is_some() { Duration::from_millis(50) } else { LOG_PERIOD };
+        let _ = events.turn(Some(signals), Some(wait));
+        relay.borrow_mut().send_logs(HIGH_WATER);
         // PID 1 reaps everything: the pod's launcher and any orphan.
         loop {
             match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -374,6 +387,9 @@ struct Relay {
     stderr: Option<OwnedFd>,
     child: Pid,
     host_gone: bool,
+    /// The containers' log files in the guest's pod state, and how much of
+    /// each the host has.
+    logs: Vec<(String, PathBuf, u64)>,
 }
 
 /// Stop reading output when this much waits for the host.
@@ -503,9 +519,33 @@ impl Relay {
     }
 
     /// The port, blocking, after the queued frames are written.
+    /// What the containers' logs gained since the last look, as frames
+    /// (while the host keeps up).
+    fn send_logs(&mut self, limit: usize) {
+        use std::io::{Seek as _, SeekFrom};
+        for k in 0..self.logs.len() {
+            while self.pending() < limit {
+                let (name, path, offset) = &self.logs[k];
+                let Ok(mut f) = fs::File::open(path) else { break };
+                let mut buf = vec![0u8; READ_CHUNK.min(super::proto::MAX_PAYLOAD - 256)];
+                let n = match f.seek(SeekFrom::Start(*offset)).and_then(|_| f.read(&mut buf)) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                buf.truncate(n);
+                let container = name.clone();
+                self.logs[k].2 += n as u64;
+                Frame::Log { container, data: buf }.encode(&mut self.to_host);
+            }
+        }
+        self.write_port();
+    }
+
     /// Writes what is queued, then `last`, with the port blocking: the
     /// exit status goes after every byte of output.
     fn finish(&mut self, last: Frame) {
+        // All of the logs' last lines, then the status.
+        self.send_logs(usize::MAX);
         let mut pending = std::mem::take(&mut self.to_host).split_off(self.written);
         self.written = 0;
         last.encode(&mut pending);

@@ -169,7 +169,9 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) ->
     };
     dir.write_plan(plan).map_err(|e| io_err("recording the pod's plan")(io::Error::other(e)))?;
     dir.write_owner(&owner).map_err(|e| io_err("recording the pod's owner")(io::Error::other(e)))?;
-    let result = run_vm(&cfg, jail, &vm_dir, start_frame, timeout, stop_limit);
+    let logs_dir = dir.log_path("x").parent().map(Path::to_path_buf).unwrap_or_else(|| dir.dir.join("logs"));
+    let names = plan.containers.iter().map(|c| c.name.clone()).collect();
+    let result = run_vm(&cfg, jail, &vm_dir, start_frame, (timeout, stop_limit), (logs_dir, names));
     drop(virtiofsd);
     match result {
         // As in container mode: an interrupted start reports and ends with
@@ -233,7 +235,14 @@ fn default_memory_mib(plan: &PodPlan) -> u64 {
     mib.max(512)
 }
 
-fn run_vm(cfg: &VmConfig, jail: Jail, vm_dir: &Path, start_frame: Vec<u8>, timeout: Duration, stop_limit: Duration) -> Result<u8, VmError> {
+fn run_vm(
+    cfg: &VmConfig,
+    jail: Jail,
+    vm_dir: &Path,
+    start_frame: Vec<u8>,
+    (timeout, stop_limit): (Duration, Duration),
+    logs: (PathBuf, Vec<String>),
+) -> Result<u8, VmError> {
     let signals = Signals::install().map_err(|e| io_err("signals")(e.into()))?;
     let (ours, theirs) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
         .map_err(|e| io_err("the control socket")(e.into()))?;
@@ -247,7 +256,8 @@ fn run_vm(cfg: &VmConfig, jail: Jail, vm_dir: &Path, start_frame: Vec<u8>, timeo
         tracing::debug!("QEMU started {} ms after berth", t.as_millis());
     }
     let mut vm = Vm { child: &mut child, console: vm_dir.join("console.log"), stderr_log };
-    let result = relay(&mut vm, &signals, ours, start_frame, (timeout, stop_limit), booted, cfg.accel);
+    let host = HostRelay::new(ours, start_frame, booted, logs);
+    let result = relay(&mut vm, &signals, host, (timeout, stop_limit), cfg.accel);
     vm.stop();
     result
 }
@@ -305,16 +315,9 @@ impl Vm<'_> {
     }
 }
 
-fn relay(
-    vm: &mut Vm<'_>,
-    signals: &Signals,
-    sock: OwnedFd,
-    start_frame: Vec<u8>,
-    (timeout, stop_limit): (Duration, Duration),
-    booted: Instant,
-    accel: Accel,
-) -> Result<u8, VmError> {
-    let relay = std::rc::Rc::new(std::cell::RefCell::new(HostRelay::new(sock, start_frame, booted)));
+fn relay(vm: &mut Vm<'_>, signals: &Signals, host: HostRelay, (timeout, stop_limit): (Duration, Duration), accel: Accel) -> Result<u8, VmError> {
+    let booted = host.spawned;
+    let relay = std::rc::Rc::new(std::cell::RefCell::new(host));
     let mut events = EventLoop::new();
     events.add(Box::new(SharedHost(relay.clone())));
     let deadline = booted + timeout;
@@ -443,12 +446,17 @@ struct HostRelay {
     error: Option<VmError>,
     /// When QEMU was started.
     spawned: Instant,
+    /// The host's log directory of the pod, and the names it may hold.
+    logs_dir: PathBuf,
+    log_names: Vec<String>,
 }
 
 impl HostRelay {
-    fn new(sock: OwnedFd, start: Vec<u8>, spawned: Instant) -> HostRelay {
+    fn new(sock: OwnedFd, start: Vec<u8>, spawned: Instant, logs: (PathBuf, Vec<String>)) -> HostRelay {
         HostRelay {
             spawned,
+            logs_dir: logs.0,
+            log_names: logs.1,
             sock,
             decoder: Decoder::new(),
             to_guest: Vec::new(),
@@ -491,7 +499,25 @@ impl HostRelay {
                 let _ = write_all_fd(2, &data);
             }
             Frame::Exit(code) => self.exit = Some(code),
+            Frame::Log { container, data } => self.log(&container, &data),
             other => tracing::debug!("unexpected frame from the guest: {other:?}"),
+        }
+    }
+
+    /// Appends to a container's log on the host, where `berth logs` reads
+    /// it. Only the plan's own names: the guest is not trusted with paths.
+    fn log(&mut self, container: &str, data: &[u8]) {
+        use std::io::Write as _;
+        if !self.log_names.iter().any(|n| n == container) {
+            tracing::debug!("a log frame for {container:?}, which is no container of the pod");
+            return;
+        }
+        let path = self.logs_dir.join(format!("{container}.log"));
+        let written = std::fs::create_dir_all(&self.logs_dir)
+            .and_then(|()| std::fs::OpenOptions::new().create(true).append(true).open(&path))
+            .and_then(|mut f| f.write_all(data));
+        if let Err(e) = written {
+            tracing::debug!("writing {}: {e}", path.display());
         }
     }
 

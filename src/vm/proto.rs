@@ -41,6 +41,9 @@ pub enum Frame {
     Stderr(Vec<u8>),
     /// guest → host: the pod ended with this status; the last frame.
     Exit(u8),
+    /// guest → host: more of a container's log (sidecars, init
+    /// containers), for `berth logs` on the host.
+    Log { container: String, data: Vec<u8> },
 }
 
 impl Frame {
@@ -54,6 +57,7 @@ impl Frame {
             Frame::Stdout(_) => 6,
             Frame::Stderr(_) => 7,
             Frame::Exit(_) => 8,
+            Frame::Log { .. } => 9,
         }
     }
 
@@ -61,7 +65,14 @@ impl Frame {
     /// must be split by the caller (see [`chunks`]).
     pub fn encode(&self, out: &mut Vec<u8>) {
         let hello;
+        let log;
         let payload: &[u8] = match self {
+            Frame::Log { container, data } => {
+                // A name is a DNS label: at most 63 bytes.
+                let name = &container.as_bytes()[..container.len().min(255)];
+                log = [&[name.len() as u8][..], name, data].concat();
+                &log
+            }
             Frame::Hello { version, init_ms, now_ms } => {
                 hello = [version.to_le_bytes(), init_ms.to_le_bytes(), now_ms.to_le_bytes()].concat();
                 &hello
@@ -194,6 +205,12 @@ impl Decoder {
                 [c] => Frame::Exit(*c),
                 _ => return Err(ProtoError::Malformed("exit")),
             },
+            9 => {
+                let n = *p.first().ok_or(ProtoError::Malformed("log"))? as usize;
+                let name = p.get(1..1 + n).ok_or(ProtoError::Malformed("log"))?;
+                let container = String::from_utf8(name.to_vec()).map_err(|_| ProtoError::Malformed("log"))?;
+                Frame::Log { container, data: p[1 + n..].to_vec() }
+            }
             k => return Err(ProtoError::UnknownKind(k)),
         };
         self.pos += HEADER + len;
@@ -220,6 +237,7 @@ mod tests {
             Frame::Stdout(vec![0, 0, 0, 0, 0, 8, 1]),
             Frame::Stderr(Vec::new()),
             Frame::Exit(137),
+            Frame::Log { container: "db".into(), data: b"ready\n".to_vec() },
         ]
     }
 
@@ -285,5 +303,8 @@ mod tests {
         let mut d = Decoder::new();
         d.push(&[5, 1, 0, 0, 0, 1]);
         assert_eq!(d.next_frame(), Err(ProtoError::Malformed("signal")));
+        let mut d = Decoder::new();
+        d.push(&[9, 2, 0, 0, 0, 5, b'a']);
+        assert_eq!(d.next_frame(), Err(ProtoError::Malformed("log")));
     }
 }

@@ -92,7 +92,7 @@ spec:
   initContainers:
   - name: prep
     image: {image}
-    command: ["sh", "-c", "cat /workspace/from-host.txt > /workspace/init.txt"]
+    command: ["sh", "-c", "cat /workspace/from-host.txt > /workspace/init.txt; echo prepared"]
   containers:
   - name: build
     image: {image}
@@ -114,7 +114,7 @@ spec:
     let check = vm.s.env.run_as_user(&["check", file.to_str().unwrap()]).ok();
     assert!(check.stdout.contains("\nisolation: vm "), "{check:?}");
     let k: Vec<&str> = vm.args[4..].iter().map(String::as_str).collect();
-    let mut a = vec!["run", "--accel", "tcg", "--workspace", ws.to_str().unwrap(), "--pod", file.to_str().unwrap()];
+    let mut a = vec!["run", "--accel", "tcg", "--keep", "--workspace", ws.to_str().unwrap(), "--pod", file.to_str().unwrap()];
     a.extend(k);
     let r = vm.s.env.run_as_user(&a);
     assert_eq!(r.code, 7, "{r:?}");
@@ -125,6 +125,11 @@ spec:
     let (uid, _) = test_user_ids();
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&out).unwrap()), uid);
     assert_eq!(std::fs::read_to_string(ws.join("init.txt")).unwrap(), "given by the host\n");
+    // The guest's container logs came over the control port: `berth logs`
+    // reads them on the host.
+    let logs = vm.s.env.run_as_user(&["logs", "vmpod", "prep"]).ok();
+    assert_eq!(logs.stdout, "prepared\n", "{logs:?}");
+    vm.s.env.run_as_user(&["rm", "vmpod"]).ok();
     vm.no_qemu_left();
 }
 
