@@ -117,6 +117,10 @@ pub fn gc(g: &Global, _a: GcArgs) -> anyhow::Result<u8> {
     ));
     drop(store);
     berth::provision::Provision::open(&g.paths(), false, g.verbose)?.gc_layers()?;
+    let (images, bytes) = berth::vm::rootfs::gc(&g.paths());
+    if images > 0 {
+        exit::say(&format!("removed {images} VM disk images of removed layers, freed {}", human(bytes)));
+    }
     Ok(0)
 }
 

@@ -6,6 +6,7 @@
 //! ```text
 //! <root>/vm/rootfs/<key>.erofs      an image, complete once it has this name
 //! <root>/vm/rootfs/<key>.lock       flock while it is made
+//! <root>/vm/rootfs/<key>.layers     the layer dirs it was made from, for gc
 //! <root>/vm/rootfs/.tmp-<key>-<pid>/ a build in progress (job, mount point, output)
 //! ```
 //!
@@ -132,13 +133,45 @@ pub fn flatten(paths: &Paths, mapping: &IdMapping, layers: &[PathBuf], verbose: 
     let work = dir.join(format!(".tmp-{key}-{}", std::process::id()));
     fs::DirBuilder::new().mode(0o700).create(&work).map_err(io_err("creating", &work))?;
     let job = Job { layers: layers.to_vec(), work: work.clone(), mkfs };
-    let result = build(mapping, &job, verbose).and_then(|()| fs::rename(job.output(), &image).map_err(io_err("renaming into place", &image)));
+    let record = dir.join(format!("{key}.layers"));
+    let listed: String = layers.iter().map(|l| format!("{}\n", l.display())).collect();
+    let result = build(mapping, &job, verbose)
+        .and_then(|()| fs::write(&record, listed).map_err(io_err("writing", &record)))
+        .and_then(|()| fs::rename(job.output(), &image).map_err(io_err("renaming into place", &image)));
     if let Err(e) = crate::runtime::host::cleanup::remove_tree(&work) {
         tracing::warn!("removing {}: {e}", work.display());
     }
     result?;
     tracing::debug!(layers = layers.len(), elapsed = ?started.elapsed(), "made {}", image.display());
     Ok(image)
+}
+
+/// Removes the images whose layers are gone from the layer cache (`berth
+/// gc` removed them) or that name none; returns how many and their bytes.
+/// An image in use stays readable by the QEMU that has it open.
+pub fn gc(paths: &Paths) -> (usize, u64) {
+    let dir = paths.root.join("vm/rootfs");
+    let Ok(entries) = fs::read_dir(&dir) else { return (0, 0) };
+    let (mut n, mut bytes) = (0, 0);
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(key) = name.strip_suffix(".erofs") else { continue };
+        let Ok(Some(_lock)) = cache::try_flock(&dir.join(format!("{key}.lock"))) else { continue };
+        let record = dir.join(format!("{key}.layers"));
+        let layers = fs::read_to_string(&record).unwrap_or_default();
+        let alive = !layers.is_empty() && layers.lines().all(|l| Path::new(l).is_dir());
+        if alive {
+            continue;
+        }
+        let size = e.metadata().map(|m| m.len()).unwrap_or(0);
+        if fs::remove_file(e.path()).is_ok() {
+            n += 1;
+            bytes += size;
+            let _ = fs::remove_file(&record);
+            let _ = fs::remove_file(dir.join(format!("{key}.lock")));
+        }
+    }
+    (n, bytes)
 }
 
 /// The cache name for `layers`: see the module doc.

@@ -192,6 +192,13 @@ fn vm_mode_exit_statuses_pass_through() {
     assert_eq!((r.code, r.stdout.as_str()), (137, "going\n"), "{r:?}");
     let r = vm.run(&["--network", "none"], &["true"]);
     assert_eq!((r.code, r.stdout.as_str()), (0, ""), "{r:?}");
+    // The image's disk goes with its layers at gc.
+    let disks = || std::fs::read_dir(vm.s.env.root.join("vm/rootfs")).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().ends_with(".erofs")).count();
+    assert_eq!(disks(), 1);
+    vm.s.env.run_as_user(&["rmi", &vm.s.image]).ok();
+    let gc = vm.s.env.run_as_user(&["gc"]).ok();
+    assert_eq!(disks(), 0, "{gc:?}");
+    assert!(gc.stderr.contains("removed 1 VM disk images"), "{gc:?}");
 }
 
 #[test]
