@@ -110,7 +110,7 @@ fn boot(init_ms: u32) -> Result<u8, Failure> {
     let spare = port.try_clone().ok();
     let fail = |e: GuestError| (e, spare.as_ref().and_then(|p| p.try_clone().ok()));
     write_frames(&mut port_w, &[Frame::Hello { version: VERSION, init_ms, now_ms: guest_clock_ms() }]).map_err(|e| fail(setup("the control port")(e)))?;
-    let (start, raw, mut decoder) = read_start(&port).map_err(fail)?;
+    let (start, raw, decoder) = read_start(&port).map_err(fail)?;
     if start.verbose > 0 {
         tracing::debug!("start frame: {} containers, {} disks", start.plan.containers.len(), start.disks.len());
     }
@@ -119,10 +119,8 @@ fn boot(init_ms: u32) -> Result<u8, Failure> {
     let (mut child, relay) = start_pod(&start, port).map_err(fail)?;
     // Frames that came with the start frame (stdin, signals), and the
     // start of the next one.
-    while let Ok(Some(f)) = decoder.next_frame() {
-        relay.borrow_mut().frame(f);
-    }
     relay.borrow_mut().decoder = decoder;
+    relay.borrow_mut().take_frames();
     let code = relay_until_exit(&signals, &mut child, relay.clone());
     relay.borrow_mut().finish(Frame::Exit(code));
     Ok(code)
@@ -467,35 +465,35 @@ impl Relay {
     }
 
     fn read_port(&mut self) {
+        // One buffer for every read: no allocation per read in the guest.
         let mut buf = std::mem::take(&mut self.read_buf);
         buf.resize(READ_CHUNK, 0);
-        let got = (&self.port).read(&mut buf);
-        self.read_port_got(got, &buf);
-        self.read_buf = buf;
-    }
-
-    fn read_port_got(&mut self, got: io::Result<usize>, buf: &[u8]) {
-        match got {
+        match (&self.port).read(&mut buf) {
             // virtio-serial: EOF while the host end is not connected.
             Ok(0) => self.host_gone = true,
             Ok(n) => {
                 self.decoder.push(&buf[..n]);
-                loop {
-                    match self.decoder.next_frame() {
-                        Ok(Some(f)) => self.frame(f),
-                        Ok(None) => break,
-                        Err(e) => {
-                            // A broken stream from the host: no input can be
-                            // trusted any more, so the pod ends.
-                            tracing::warn!("control stream: {e}; stopping the pod");
-                            let _ = kill(self.child, Signal::SIGKILL);
-                            self.host_gone = true;
-                            break;
-                        }
-                    }
-                }
+                self.take_frames();
             }
             Err(_) => {}
+        }
+        self.read_buf = buf;
+    }
+
+    fn take_frames(&mut self) {
+        loop {
+            match self.decoder.next_frame() {
+                Ok(Some(f)) => self.frame(f),
+                Ok(None) => return,
+                Err(e) => {
+                    // A broken stream from the host: no input can be
+                    // trusted any more, so the pod ends.
+                    tracing::warn!("control stream: {e}; stopping the pod");
+                    let _ = kill(self.child, Signal::SIGKILL);
+                    self.host_gone = true;
+                    return;
+                }
+            }
         }
     }
 
