@@ -152,7 +152,10 @@ impl PodDir {
         self.dir.join("plan.json")
     }
     pub fn log_path(&self, container: &str) -> PathBuf {
-        self.dir.join("logs").join(format!("{container}.log"))
+        self.logs_dir().join(format!("{container}.log"))
+    }
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
     }
     pub fn etc(&self, file: &str) -> PathBuf {
         self.dir.join("etc").join(file)

@@ -68,6 +68,8 @@ pub enum VmError {
     #[error(transparent)]
     Plan(#[from] crate::runtime::plan::PlanError),
     #[error(transparent)]
+    State(#[from] crate::runtime::state::StateError),
+    #[error(transparent)]
     Translate(#[from] super::plan::TranslateError),
     #[error(transparent)]
     Kernel(#[from] super::kernel::KernelError),
@@ -167,11 +169,10 @@ pub fn launch(plan: &PodPlan, dir: &PodDir, l: &VmLaunch<'_>, s: &VmSettings) ->
         pod_pid: me.as_raw(),
         created: crate::runtime::state::now_unix(),
     };
-    dir.write_plan(plan).map_err(|e| io_err("recording the pod's plan")(io::Error::other(e)))?;
-    dir.write_owner(&owner).map_err(|e| io_err("recording the pod's owner")(io::Error::other(e)))?;
-    let logs_dir = dir.log_path("x").parent().map(Path::to_path_buf).unwrap_or_else(|| dir.dir.join("logs"));
+    dir.write_plan(plan)?;
+    dir.write_owner(&owner)?;
     let names = plan.containers.iter().map(|c| c.name.clone()).collect();
-    let result = run_vm(&cfg, jail, &vm_dir, start_frame, (timeout, stop_limit), (logs_dir, names));
+    let result = run_vm(&cfg, jail, &vm_dir, start_frame, (timeout, stop_limit), (dir.logs_dir(), names));
     drop(virtiofsd);
     match result {
         // As in container mode: an interrupted start reports and ends with
