@@ -66,3 +66,14 @@ pub fn home_dir() -> PathBuf {
         .map(|u| u.dir)
         .unwrap_or_else(|| PathBuf::from("/"))
 }
+
+/// The first executable file `name` in `$PATH` (a Debian default where it
+/// is unset, as execvp(3) has one): helpers berth runs (pasta, mkfs.erofs,
+/// QEMU) are looked up here, to say which package is missing up front.
+pub fn find_executable(name: &str) -> Option<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+}

@@ -132,20 +132,13 @@ impl Ready {
 /// pasta, else slirp4netns, from `PATH`.
 pub fn find() -> Result<(Kind, PathBuf), NetError> {
     for kind in [Kind::Pasta, Kind::Slirp4netns] {
-        if let Some(path) = which(kind.name()) {
+        if let Some(path) = crate::paths::find_executable(kind.name()) {
             return Ok((kind, path));
         }
     }
     Err(NetError::NoHelper)
 }
 
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| {
-        use std::os::unix::fs::PermissionsExt;
-        fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
-    })
-}
 
 /// Fails where this process cannot open the tap device (Debian's mode is
 /// 0666; some hosts have 0600): the helper would fail the same way, less

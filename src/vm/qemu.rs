@@ -65,11 +65,7 @@ pub fn find_binary(explicit: Option<&Path>) -> Option<PathBuf> {
     if let Some(p) = explicit {
         return Some(p.to_path_buf());
     }
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-    std::env::split_paths(&path).map(|d| d.join("qemu-system-x86_64")).find(|p| {
-        use std::os::unix::fs::PermissionsExt as _;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    crate::paths::find_executable("qemu-system-x86_64")
 }
 
 /// A path inside a QEMU option list, where a comma is written twice.

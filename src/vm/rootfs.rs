@@ -120,7 +120,7 @@ pub fn flatten(paths: &Paths, mapping: &IdMapping, layers: &[PathBuf], verbose: 
     if image.is_file() {
         return Ok(image);
     }
-    let mkfs = find_in_path(MKFS).ok_or(RootfsError::MissingMkfs)?;
+    let mkfs = crate::paths::find_executable(MKFS).ok_or(RootfsError::MissingMkfs)?;
     Paths::ensure_private_dir(&dir).map_err(io_err("creating", &dir))?;
     let lock_path = dir.join(format!("{key}.lock"));
     let lock = File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(io_err("opening", &lock_path))?;
@@ -369,15 +369,6 @@ fn mkfs(program: &Path, source: &Path, out: &Path) -> Result<(), RootfsError> {
     }
     tracing::trace!(stdout = %text(&output.stdout), stderr = %text(&output.stderr), "mkfs.erofs");
     Ok(())
-}
-
-/// `name` on `$PATH` (an executable file), as `Command` would find it.
-fn find_in_path(name: &str) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| fs::metadata(p).map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false))
 }
 
 #[cfg(test)]
