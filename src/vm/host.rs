@@ -111,6 +111,10 @@ impl VmError {
     }
 }
 
+/// Said when a guest under KVM did not come up: a nested or paravirtual
+/// KVM may not run a stock kernel.
+const KVM_HINT: &str = " (KVM here may not run this guest: try --accel tcg)";
+
 fn io_err(what: &'static str) -> impl FnOnce(io::Error) -> VmError {
     move |source| VmError::Io { what, source }
 }
@@ -343,28 +347,30 @@ fn relay(vm: &mut Vm<'_>, signals: &Signals, host: HostRelay, (timeout, stop_lim
             tracing::debug!("pod ended with {code} after {:?}", booted.elapsed());
             return Ok(code);
         }
-        if r.hello.is_none() {
-            if let Some(sig) = sigs.iter().find(|s| FORWARDED.contains(s)) {
-                drop(r);
-                vm.kill();
-                return Err(VmError::Interrupted(*sig));
-            }
-        }
         let closed = r.closed;
         let hello = r.hello.is_some();
         drop(r);
-        if hello {
-            if let (None, Some(sig)) = (stopping, sigs.iter().find(|s| FORWARDED.contains(s))) {
-                stopping = Some((*sig, Instant::now() + stop_limit));
+        // Before the guest is up a signal ends the start; after, it is the
+        // pod's (forwarded by the relay), and the guest has a while to end.
+        match sigs.iter().copied().find(|s| FORWARDED.contains(s)) {
+            Some(sig) if !hello => {
+                vm.kill();
+                return Err(VmError::Interrupted(sig));
             }
-            if let Some((sig, by)) = stopping {
-                if Instant::now() >= by && vm.exited().is_none() {
-                    vm.kill();
-                    return Err(VmError::NotStopped { sig, secs: stop_limit.as_secs() });
-                }
+            Some(sig) if stopping.is_none() => stopping = Some((sig, Instant::now() + stop_limit)),
+            _ => {}
+        }
+        if let Some((sig, by)) = stopping {
+            if Instant::now() >= by && vm.exited().is_none() {
+                vm.kill();
+                return Err(VmError::NotStopped { sig, secs: stop_limit.as_secs() });
             }
         }
-        if let Some(status) = vm.exited().or_else(|| if closed { std::thread::sleep(Duration::from_millis(100)); vm.exited() } else { None }) {
+        // The control socket closes as QEMU ends: give its exit a moment.
+        if closed && vm.exited().is_none() {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Some(status) = vm.exited() {
             // The socket may still hold frames QEMU wrote before it ended.
             relay.borrow_mut().drain();
             if let Some(code) = relay.borrow().exit {
@@ -372,13 +378,13 @@ fn relay(vm: &mut Vm<'_>, signals: &Signals, host: HostRelay, (timeout, stop_lim
             }
             vm.show_console(false);
             let status = describe(status);
-            let hint = if accel == Accel::Kvm { " (KVM here may not run this guest: try --accel tcg)" } else { "" };
+            let hint = if accel == Accel::Kvm { KVM_HINT } else { "" };
             return Err(if hello { VmError::Stopped { status } } else { VmError::QemuExited { status, detail: vm.stderr_tail(), hint } });
         }
         if !hello && Instant::now() >= deadline {
             vm.kill();
             vm.show_console(true);
-            let hint = if accel == Accel::Kvm { ": KVM here may not boot this guest, try --accel tcg" } else { "" };
+            let hint = if accel == Accel::Kvm { KVM_HINT } else { "" };
             return Err(VmError::BootTimeout { secs: timeout.as_secs(), accel: accel.name(), hint });
         }
         if closed {
