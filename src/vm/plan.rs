@@ -113,32 +113,13 @@ impl GuestStart {
             }
             let bundle = t.mirror("bundle", &c.bundle)?;
             t.copy_spec_dir(&c.bundle, &bundle)?;
-            c.rootfs = match &c.rootfs {
-                RootfsSource::Overlay { lowers, upper, work, .. } => {
-                    let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
-                    let (upper, work) = (t.mirror_dir("overlay", upper)?, t.mirror_dir("overlay", work)?);
-                    RootfsSource::Overlay { lowers: vec![t.image(bottom_first)], upper, work, fallback: false }
-                }
-                RootfsSource::Copy { layers } => {
-                    // The flattened image is the copy's source: one layer.
-                    RootfsSource::Copy { layers: vec![t.image(layers.clone())] }
-                }
-                RootfsSource::Bundle | RootfsSource::Dir(_) => return Err(TranslateError::ReadyRootfs(c.name.clone())),
-            };
+            c.rootfs = t.tree(&c.rootfs, &c.name)?;
             c.bundle = bundle;
             let mounts = std::mem::take(&mut c.mounts);
             c.mounts = mounts.into_iter().map(|m| t.volume(m)).collect::<Result<_, TranslateError>>()?;
         }
         for v in &mut guest.image_volumes {
-            v.tree = match &v.tree {
-                RootfsSource::Overlay { lowers, upper, work, .. } => {
-                    let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
-                    let (upper, work) = (t.mirror_dir("overlay", upper)?, t.mirror_dir("overlay", work)?);
-                    RootfsSource::Overlay { lowers: vec![t.image(bottom_first)], upper, work, fallback: false }
-                }
-                RootfsSource::Copy { layers } => RootfsSource::Copy { layers: vec![t.image(layers.clone())] },
-                RootfsSource::Bundle | RootfsSource::Dir(_) => return Err(TranslateError::ReadyRootfs(v.name.clone())),
-            };
+            v.tree = t.tree(&v.tree, &v.name)?;
             v.path = t.mirror_dir("image volume", &v.path)?;
         }
         let mut images: Vec<(usize, Vec<PathBuf>)> = t.images.into_iter().map(|(layers, k)| (k, layers)).collect();
@@ -207,6 +188,20 @@ impl Translator<'_> {
         let guest = Path::new(GUEST_FILES).join(self.files.len().to_string()).join(name);
         self.files.push(GuestFile { path: guest.clone(), data: base64::engine::general_purpose::STANDARD.encode(&data) });
         Ok(BindMount { source: guest, ..m })
+    }
+
+    /// A rootfs or image volume's tree in the guest: its layers become one
+    /// disk (the flattened image), which a copy takes as its one layer.
+    fn tree(&mut self, source: &RootfsSource, name: &str) -> Result<RootfsSource, TranslateError> {
+        Ok(match source {
+            RootfsSource::Overlay { lowers, upper, work, .. } => {
+                let bottom_first: Vec<PathBuf> = lowers.iter().rev().cloned().collect();
+                let (upper, work) = (self.mirror_dir("overlay", upper)?, self.mirror_dir("overlay", work)?);
+                RootfsSource::Overlay { lowers: vec![self.image(bottom_first)], upper, work, fallback: false }
+            }
+            RootfsSource::Copy { layers } => RootfsSource::Copy { layers: vec![self.image(layers.clone())] },
+            RootfsSource::Bundle | RootfsSource::Dir(_) => return Err(TranslateError::ReadyRootfs(name.to_string())),
+        })
     }
 
     fn image(&mut self, layers: Vec<PathBuf>) -> PathBuf {
